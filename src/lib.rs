@@ -1,0 +1,25 @@
+//! Nudge: a contextual-bandit decision engine and service.
+//!
+//! A notification or discovery system asks "which action, for this
+//! context?"; a policy answers with an action drawn from an explicit
+//! probability distribution (the propensity that is logged), and learns from
+//! rewards that arrive later.
+//!
+//! # Layout
+//! - [`features`]: a policy's feature specification; request features →
+//!   the dense vector `x`.
+//! - [`model`]: additive sufficient statistics per arm, the cached ridge
+//!   quantities derived from them, and their binary encoding.
+//! - [`explore`]: pure functions from scores to a distribution (epsilon
+//!   floor, Thompson win probabilities by quadrature) and the seeded sampler.
+//! - [`policy`]: policy files (`policies/*.toml`) parsed into validated
+//!   specs, and the decide / learn procedures that tie the layers together.
+//!
+//! Decisions flow score → explore → sample: the model scores candidates,
+//! exploration turns scores into probabilities, the sampler draws with an
+//! RNG seeded by the event id, so a decision can be replayed exactly.
+
+pub mod explore;
+pub mod features;
+pub mod model;
+pub mod policy;

@@ -1,0 +1,169 @@
+//! Scoring: each algorithm's scores (or win probabilities) for the
+//! candidates, handed to the exploration layer.
+
+use super::spec::{Algorithm, Mode, PolicySpec};
+use crate::explore::{self, Stream, quadrature};
+use crate::model::LinearModel;
+use rand::RngExt;
+use rand_distr::{Beta, Distribution, StandardNormal};
+
+/// Everything needed to score one request's candidates.
+pub(super) struct Scoring<'a> {
+    pub policy: &'a PolicySpec,
+    pub model: &'a LinearModel,
+    /// Arm indices (disjoint) or action indices (shared).
+    pub candidates: &'a [usize],
+    /// One `x` (disjoint) or one row per candidate (shared).
+    pub vectors: &'a [f64],
+    pub dim: usize,
+}
+
+impl Scoring<'_> {
+    /// `(model arm, x)` of the candidate at `position`.
+    fn arm_and_x(&self, position: usize) -> (usize, &[f64]) {
+        match self.policy.mode {
+            Mode::Disjoint => (self.candidates[position], self.vectors),
+            Mode::Shared => (0, &self.vectors[position * self.dim..(position + 1) * self.dim]),
+        }
+    }
+
+    /// Writes the exploration distribution over the candidates into `out`.
+    pub fn distribution(&self, event_id: &str, out: &mut [f64]) {
+        let params = &self.policy.params;
+        let n = out.len();
+        match self.policy.algorithm {
+            Algorithm::Uniform => explore::uniform(out),
+            Algorithm::LinUcb => {
+                // Li et al. 2010, Algorithm 1: p = θᵀx + α √(xᵀA⁻¹x).
+                let scores: Vec<f64> = (0..n)
+                    .map(|i| {
+                        let (arm, x) = self.arm_and_x(i);
+                        self.model.mean(arm, x) + params.alpha * self.model.quad_form(arm, x).sqrt()
+                    })
+                    .collect();
+                explore::epsilon_greedy(&scores, params.epsilon, out);
+            }
+            Algorithm::EpsilonGreedy => {
+                let scores: Vec<f64> = (0..n)
+                    .map(|i| {
+                        let (arm, x) = self.arm_and_x(i);
+                        self.model.mean(arm, x)
+                    })
+                    .collect();
+                explore::epsilon_greedy(&scores, params.epsilon, out);
+            }
+            Algorithm::LinTs => match self.policy.mode {
+                Mode::Disjoint => self.disjoint_ts(out),
+                Mode::Shared => self.shared_ts(event_id, out),
+            },
+            Algorithm::BetaTs => self.beta_ts(event_id, out),
+        }
+    }
+
+    /// Disjoint linear TS (Agrawal & Goyal 2013): arm scores are independent
+    /// `N(θ_aᵀx, v² xᵀA_a⁻¹x)`, so the win probabilities are exact up to
+    /// quadrature error.
+    fn disjoint_ts(&self, out: &mut [f64]) {
+        let v = self.policy.params.v;
+        let n = out.len();
+        let mut mu = Vec::with_capacity(n);
+        let mut sigma = Vec::with_capacity(n);
+        for i in 0..n {
+            let (arm, x) = self.arm_and_x(i);
+            mu.push(self.model.mean(arm, x));
+            sigma.push(v * self.model.quad_form(arm, x).sqrt());
+        }
+        if sigma.iter().all(|s| *s == 0.0) {
+            // x = 0: every draw equals its mean, TS is a plain argmax.
+            explore::epsilon_greedy(&mu, self.policy.params.epsilon, out);
+            return;
+        }
+        quadrature::normal_max_probabilities(&mu, &sigma, out);
+        explore::mix_floor(out, self.policy.params.epsilon);
+    }
+
+    /// Shared linear TS: the candidates' scores share one posterior
+    /// `θ̃ ~ N(θ, v²A⁻¹)`, so they are correlated and the win probabilities
+    /// have no closed form. They are estimated from `draws` posterior
+    /// samples seeded by the event, and the action is then drawn from that
+    /// estimate, so the logged propensity is exactly the probability with
+    /// which it was chosen.
+    fn shared_ts(&self, event_id: &str, out: &mut [f64]) {
+        let params = &self.policy.params;
+        let n = out.len();
+        let d = self.dim;
+        let factor = self.model.posterior_factor(0);
+        let mean: Vec<f64> = (0..n).map(|i| self.model.mean(0, self.arm_and_x(i).1)).collect();
+        // G = X L (n × d): candidate i's score is mean_i + v·(G z)_i.
+        let mut g = vec![0.0; n * d];
+        for i in 0..n {
+            let x = self.arm_and_x(i).1;
+            let row = &mut g[i * d..(i + 1) * d];
+            for (k, xk) in x.iter().enumerate() {
+                if *xk != 0.0 {
+                    for (j, lkj) in factor.row(k).iter().enumerate().take(k + 1) {
+                        row[j] += xk * lkj;
+                    }
+                }
+            }
+        }
+        let mut rng = explore::event_rng(&self.policy.id, event_id, Stream::Posterior);
+        let mut z = vec![0.0; d];
+        let mut wins = vec![0u32; n];
+        for _ in 0..params.draws {
+            z.iter_mut().for_each(|v| *v = StandardNormal.sample(&mut rng));
+            let mut best = f64::NEG_INFINITY;
+            let mut winner = 0;
+            for i in 0..n {
+                let s = mean[i] + params.v * crate::model::dot(&g[i * d..(i + 1) * d], &z);
+                if s > best {
+                    best = s;
+                    winner = i;
+                }
+            }
+            wins[winner] += 1;
+        }
+        for (p, w) in out.iter_mut().zip(&wins) {
+            *p = f64::from(*w);
+        }
+        explore::mix_floor(out, params.epsilon);
+    }
+
+    /// Beta-Bernoulli TS (Thompson 1933; Chapelle & Li 2011): arm `a` draws
+    /// from `Beta(1 + Σr, 1 + n − Σr)`; win probabilities are estimated from
+    /// `draws` seeded draws, and the action is drawn from that estimate.
+    fn beta_ts(&self, event_id: &str, out: &mut [f64]) {
+        let params = &self.policy.params;
+        let n = out.len();
+        let state = self.model.state();
+        let posteriors: Vec<Beta<f64>> = self
+            .candidates
+            .iter()
+            .map(|&arm| {
+                let s = &state.arms[arm];
+                let successes = s.reward_sum.clamp(0.0, s.count as f64);
+                Beta::new(1.0 + successes, 1.0 + s.count as f64 - successes)
+                    .expect("shape parameters are >= 1")
+            })
+            .collect();
+        let mut rng = explore::event_rng(&self.policy.id, event_id, Stream::Posterior);
+        let mut wins = vec![0u32; n];
+        for _ in 0..params.draws {
+            let mut best = f64::NEG_INFINITY;
+            let mut winner = 0;
+            for (i, b) in posteriors.iter().enumerate() {
+                // Tiny jitter breaks exact ties between equal draws fairly.
+                let s = b.sample(&mut rng) + 1e-15 * rng.random::<f64>();
+                if s > best {
+                    best = s;
+                    winner = i;
+                }
+            }
+            wins[winner] += 1;
+        }
+        for (p, w) in out.iter_mut().zip(&wins) {
+            *p = f64::from(*w);
+        }
+        explore::mix_floor(out, params.epsilon);
+    }
+}
