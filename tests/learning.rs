@@ -60,9 +60,14 @@ fn run(policy: &Policy, seed: u64) -> Regret {
         .collect();
     let noise = Normal::new(0.0, 0.5).unwrap();
     let mut model = policy.new_model();
-    let mut regret = Regret { first_half: 0.0, second_half: 0.0 };
+    let mut regret = Regret {
+        first_half: 0.0,
+        second_half: 0.0,
+    };
     for t in 0..ROUNDS {
-        let z: Vec<f64> = (0..D - 1).map(|_| StandardNormal.sample(&mut env)).collect();
+        let z: Vec<f64> = (0..D - 1)
+            .map(|_| StandardNormal.sample(&mut env))
+            .collect();
         let mut x = vec![1.0];
         x.extend(&z);
         let means: Vec<f64> = theta
@@ -119,10 +124,19 @@ fn linucb_and_thompson_sampling_beat_the_baselines_with_sublinear_regret() {
             // Measured (seeds 1-3): LinUCB ~135 and TS ~210 total regret,
             // epsilon-greedy ~2400, uniform ~23 000; second halves ~10% of
             // first halves. The margins leave 2-3x room on each ratio.
-            assert!(r.total() < 0.2 * greedy[i].total(), "{name} vs epsilon-greedy");
+            assert!(
+                r.total() < 0.2 * greedy[i].total(),
+                "{name} vs epsilon-greedy"
+            );
             assert!(r.total() < 0.02 * uniform[i].total(), "{name} vs uniform");
-            assert!(r.second_half < 0.25 * r.first_half, "{name} regret is not sublinear");
+            assert!(
+                r.second_half < 0.25 * r.first_half,
+                "{name} regret is not sublinear"
+            );
         }
-        assert!(floored[i].total() < greedy[i].total(), "floored linucb vs epsilon-greedy");
+        assert!(
+            floored[i].total() < greedy[i].total(),
+            "floored linucb vs epsilon-greedy"
+        );
     }
 }

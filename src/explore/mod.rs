@@ -21,7 +21,7 @@ pub type SeededRng = Pcg64Mcg;
 #[repr(u64)]
 pub enum Stream {
     /// The draw of the action (and slate) from the distribution.
-    Sample = 0x5a4d_504c_45,
+    Sample = 0x005a_4d50_4c45,
     /// Posterior draws for Monte Carlo propensities.
     Posterior = 0x504f_5354,
 }

@@ -59,7 +59,11 @@ fn sample_index_follows_the_distribution() {
         assert!((freq - p[i]).abs() < 0.006, "entry {i}: {freq} vs {}", p[i]);
     }
     assert_eq!(sample_index(&p, 0.999_999_999_999), 3);
-    assert_eq!(sample_index(&[0.5, 0.5, 0.0], 1.0), 1, "u at the end skips trailing zeros");
+    assert_eq!(
+        sample_index(&[0.5, 0.5, 0.0], 1.0),
+        1,
+        "u at the end skips trailing zeros"
+    );
 }
 
 #[test]
@@ -68,10 +72,22 @@ fn the_same_event_draws_the_same_stream_and_other_events_do_not() {
         let mut rng = event_rng(policy, event, s);
         (0..4).map(|_| rng.random::<u64>()).collect::<Vec<_>>()
     };
-    assert_eq!(draw("p", "e1", Stream::Sample), draw("p", "e1", Stream::Sample));
-    assert_ne!(draw("p", "e1", Stream::Sample), draw("p", "e2", Stream::Sample));
-    assert_ne!(draw("p", "e1", Stream::Sample), draw("q", "e1", Stream::Sample));
-    assert_ne!(draw("p", "e1", Stream::Sample), draw("p", "e1", Stream::Posterior));
+    assert_eq!(
+        draw("p", "e1", Stream::Sample),
+        draw("p", "e1", Stream::Sample)
+    );
+    assert_ne!(
+        draw("p", "e1", Stream::Sample),
+        draw("p", "e2", Stream::Sample)
+    );
+    assert_ne!(
+        draw("p", "e1", Stream::Sample),
+        draw("q", "e1", Stream::Sample)
+    );
+    assert_ne!(
+        draw("p", "e1", Stream::Sample),
+        draw("p", "e1", Stream::Posterior)
+    );
 }
 
 #[test]
@@ -113,8 +129,16 @@ fn a_full_slate_with_zero_epsilon_fills_up_deterministically() {
 
 /// Dense midpoint-rule reference for P(a wins), over a wide grid.
 fn reference(mu: &[f64], sigma: &[f64]) -> Vec<f64> {
-    let lo = mu.iter().zip(sigma).map(|(m, s)| m - 12.0 * s).fold(f64::INFINITY, f64::min);
-    let hi = mu.iter().zip(sigma).map(|(m, s)| m + 12.0 * s).fold(f64::NEG_INFINITY, f64::max);
+    let lo = mu
+        .iter()
+        .zip(sigma)
+        .map(|(m, s)| m - 12.0 * s)
+        .fold(f64::INFINITY, f64::min);
+    let hi = mu
+        .iter()
+        .zip(sigma)
+        .map(|(m, s)| m + 12.0 * s)
+        .fold(f64::NEG_INFINITY, f64::max);
     let steps = 400_000;
     let h = (hi - lo) / steps as f64;
     let mut out = vec![0.0; mu.len()];
@@ -149,7 +173,10 @@ fn quadrature_matches_a_dense_reference_even_with_very_different_widths() {
         normal_max_probabilities(mu, sigma, &mut got);
         let want = reference(mu, sigma);
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-6, "mu {mu:?} sigma {sigma:?}: {got:?} vs {want:?}");
+            assert!(
+                (g - w).abs() < 1e-6,
+                "mu {mu:?} sigma {sigma:?}: {got:?} vs {want:?}"
+            );
         }
     }
 }
@@ -178,7 +205,14 @@ fn quadrature_matches_brute_force_thompson_draws() {
     }
     for a in 0..5 {
         let freq = wins[a] as f64 / n as f64;
-        assert!((freq - q[a]).abs() < 0.01, "arm {a}: quadrature {} vs simulation {freq}", q[a]);
-        assert!((freq - q[a]).abs() < 0.003, "arm {a}: within 6 standard errors");
+        assert!(
+            (freq - q[a]).abs() < 0.01,
+            "arm {a}: quadrature {} vs simulation {freq}",
+            q[a]
+        );
+        assert!(
+            (freq - q[a]).abs() < 0.003,
+            "arm {a}: within 6 standard errors"
+        );
     }
 }

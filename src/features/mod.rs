@@ -19,7 +19,11 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub enum FeatureKind {
     /// A number (booleans are accepted as 0/1), standardised as
     /// `(value - mean) / std`.
-    Number { mean: f64, std: f64, default: Option<f64> },
+    Number {
+        mean: f64,
+        std: f64,
+        default: Option<f64>,
+    },
     /// A string one-hot encoded over `vocabulary`, with a last "other" slot
     /// for any value outside it.
     OneHot {
@@ -29,9 +33,15 @@ pub enum FeatureKind {
     },
     /// A string hashed (xxh3, stable across platforms and releases) into
     /// `buckets` one-hot slots.
-    Hashed { buckets: usize, default: Option<String> },
+    Hashed {
+        buckets: usize,
+        default: Option<String>,
+    },
     /// A fixed-length numeric vector, e.g. an upstream embedding.
-    Vector { len: usize, default: Option<Vec<f64>> },
+    Vector {
+        len: usize,
+        default: Option<Vec<f64>>,
+    },
 }
 
 impl FeatureKind {
@@ -218,7 +228,11 @@ impl FeatureSpec {
             {
                 return Err(LayoutError(format!("duplicate interaction `{c}` x `{a}`")));
             }
-            crosses.push(Interaction { context: ci, action: ai, offset });
+            crosses.push(Interaction {
+                context: ci,
+                action: ai,
+                offset,
+            });
             offset += context[ci].kind.width() * action[ai].kind.width();
         }
         Ok(FeatureSpec {
@@ -324,7 +338,11 @@ fn lay_out(
             return Err(LayoutError(format!("duplicate {side} feature `{name}`")));
         }
         let width = kind.width();
-        out.push(FeatureDef { name, kind, offset: *offset });
+        out.push(FeatureDef {
+            name,
+            kind,
+            offset: *offset,
+        });
         *offset += width;
     }
     Ok(out)
@@ -365,7 +383,11 @@ fn encode_one(
             let v = match value {
                 Some(FeatureRef::Number(v)) => v,
                 Some(FeatureRef::Bool(b)) => f64::from(u8::from(b)),
-                Some(_) => return Err(FeatureProblem::WrongType { expected: "a number" }),
+                Some(_) => {
+                    return Err(FeatureProblem::WrongType {
+                        expected: "a number",
+                    });
+                }
                 None => default.ok_or(FeatureProblem::Missing)?,
             };
             if !v.is_finite() {
@@ -388,11 +410,18 @@ fn encode_one(
         FeatureKind::Vector { len, default } => {
             let v: &[f64] = match value {
                 Some(FeatureRef::Vector(v)) => v,
-                Some(_) => return Err(FeatureProblem::WrongType { expected: "an array of numbers" }),
+                Some(_) => {
+                    return Err(FeatureProblem::WrongType {
+                        expected: "an array of numbers",
+                    });
+                }
                 None => default.as_deref().ok_or(FeatureProblem::Missing)?,
             };
             if v.len() != *len {
-                return Err(FeatureProblem::WrongLength { expected: *len, got: v.len() });
+                return Err(FeatureProblem::WrongLength {
+                    expected: *len,
+                    got: v.len(),
+                });
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(FeatureProblem::NotFinite);
@@ -409,7 +438,9 @@ fn string_value<'a>(
 ) -> Result<&'a str, FeatureProblem> {
     match value {
         Some(FeatureRef::Str(s)) => Ok(s),
-        Some(_) => Err(FeatureProblem::WrongType { expected: "a string" }),
+        Some(_) => Err(FeatureProblem::WrongType {
+            expected: "a string",
+        }),
         None => default.ok_or(FeatureProblem::Missing),
     }
 }

@@ -6,54 +6,86 @@ fn number(mean: f64, std: f64, default: Option<f64>) -> FeatureKind {
 
 fn one_hot(vocab: &[&str], default: Option<&str>) -> FeatureKind {
     let vocabulary: Vec<String> = vocab.iter().map(|s| s.to_string()).collect();
-    let index = vocabulary.iter().cloned().enumerate().map(|(i, v)| (v, i)).collect();
-    FeatureKind::OneHot { vocabulary, index, default: default.map(str::to_string) }
+    let index = vocabulary
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    FeatureKind::OneHot {
+        vocabulary,
+        index,
+        default: default.map(str::to_string),
+    }
 }
 
 fn ctx(pairs: &[(&str, FeatureValue)]) -> Vec<(String, FeatureValue)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn spec(context: Vec<(&str, FeatureKind)>, unknown: UnknownFeatures) -> FeatureSpec {
-    let context = context.into_iter().map(|(n, k)| (n.to_string(), k)).collect();
+    let context = context
+        .into_iter()
+        .map(|(n, k)| (n.to_string(), k))
+        .collect();
     FeatureSpec::new(true, context, vec![], &[], unknown).unwrap()
 }
 
 #[test]
 fn numbers_are_standardised_after_the_bias() {
-    let s = spec(vec![("age", number(30.0, 10.0, None))], UnknownFeatures::Ignore);
+    let s = spec(
+        vec![("age", number(30.0, 10.0, None))],
+        UnknownFeatures::Ignore,
+    );
     let mut x = vec![9.0; s.dim()];
-    s.encode_context(&ctx(&[("age", 45.0.into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("age", 45.0.into())]), &mut x)
+        .unwrap();
     assert_eq!(x, vec![1.0, 1.5]);
 }
 
 #[test]
 fn booleans_read_as_zero_or_one_in_number_features() {
-    let s = spec(vec![("opted_in", number(0.0, 1.0, None))], UnknownFeatures::Ignore);
+    let s = spec(
+        vec![("opted_in", number(0.0, 1.0, None))],
+        UnknownFeatures::Ignore,
+    );
     let mut x = vec![0.0; s.dim()];
-    s.encode_context(&ctx(&[("opted_in", true.into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("opted_in", true.into())]), &mut x)
+        .unwrap();
     assert_eq!(x[1], 1.0);
 }
 
 #[test]
 fn one_hot_puts_values_outside_the_vocabulary_in_the_other_slot() {
-    let s = spec(vec![("os", one_hot(&["ios", "android"], None))], UnknownFeatures::Ignore);
+    let s = spec(
+        vec![("os", one_hot(&["ios", "android"], None))],
+        UnknownFeatures::Ignore,
+    );
     assert_eq!(s.dim(), 4);
     let mut x = vec![7.0; 4];
-    s.encode_context(&ctx(&[("os", "android".into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("os", "android".into())]), &mut x)
+        .unwrap();
     assert_eq!(x, vec![1.0, 0.0, 1.0, 0.0]);
-    s.encode_context(&ctx(&[("os", "symbian".into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("os", "symbian".into())]), &mut x)
+        .unwrap();
     assert_eq!(x, vec![1.0, 0.0, 0.0, 1.0]);
 }
 
 #[test]
 fn hashed_values_set_exactly_one_bucket_deterministically() {
-    let kind = FeatureKind::Hashed { buckets: 32, default: None };
+    let kind = FeatureKind::Hashed {
+        buckets: 32,
+        default: None,
+    };
     let s = spec(vec![("country", kind)], UnknownFeatures::Ignore);
     let mut seen = std::collections::HashSet::new();
     for c in ["fr", "de", "us", "jp", "br", "in", "ng", "au"] {
         let mut x = vec![0.0; s.dim()];
-        s.encode_context(&ctx(&[("country", c.into())]), &mut x).unwrap();
+        s.encode_context(&ctx(&[("country", c.into())]), &mut x)
+            .unwrap();
         assert_eq!(x[1..].iter().sum::<f64>(), 1.0);
         let bucket = x[1..].iter().position(|v| *v == 1.0).unwrap();
         assert_eq!(bucket, hash_bucket(c, 32));
@@ -69,13 +101,20 @@ fn missing_optional_features_take_their_default_and_required_ones_fail_by_name()
         vec![
             ("hour", number(12.0, 6.0, Some(18.0))),
             ("os", one_hot(&["ios"], Some("ios"))),
-            ("emb", FeatureKind::Vector { len: 2, default: Some(vec![0.5, -0.5]) }),
+            (
+                "emb",
+                FeatureKind::Vector {
+                    len: 2,
+                    default: Some(vec![0.5, -0.5]),
+                },
+            ),
             ("score", number(0.0, 1.0, None)),
         ],
         UnknownFeatures::Ignore,
     );
     let mut x = vec![0.0; s.dim()];
-    s.encode_context(&ctx(&[("score", 2.0.into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("score", 2.0.into())]), &mut x)
+        .unwrap();
     assert_eq!(x, vec![1.0, 1.0, 1.0, 0.0, 0.5, -0.5, 2.0]);
     let err = s.encode_context(&ctx(&[]), &mut x).unwrap_err();
     assert_eq!(err.feature, "score");
@@ -88,32 +127,72 @@ fn bad_values_are_errors_that_name_the_feature() {
     let s = spec(
         vec![
             ("n", number(0.0, 1.0, Some(0.0))),
-            ("v", FeatureKind::Vector { len: 3, default: Some(vec![0.0; 3]) }),
+            (
+                "v",
+                FeatureKind::Vector {
+                    len: 3,
+                    default: Some(vec![0.0; 3]),
+                },
+            ),
             ("c", one_hot(&["a"], Some("a"))),
         ],
         UnknownFeatures::Ignore,
     );
     let mut x = vec![0.0; s.dim()];
-    let cases: Vec<(Vec<(String, FeatureValue)>, &str, FeatureProblem)> = vec![
-        (ctx(&[("n", f64::NAN.into())]), "n", FeatureProblem::NotFinite),
-        (ctx(&[("n", f64::INFINITY.into())]), "n", FeatureProblem::NotFinite),
-        (ctx(&[("n", "3".into())]), "n", FeatureProblem::WrongType { expected: "a number" }),
+    type Case = (Vec<(String, FeatureValue)>, &'static str, FeatureProblem);
+    let cases: Vec<Case> = vec![
+        (
+            ctx(&[("n", f64::NAN.into())]),
+            "n",
+            FeatureProblem::NotFinite,
+        ),
+        (
+            ctx(&[("n", f64::INFINITY.into())]),
+            "n",
+            FeatureProblem::NotFinite,
+        ),
+        (
+            ctx(&[("n", "3".into())]),
+            "n",
+            FeatureProblem::WrongType {
+                expected: "a number",
+            },
+        ),
         (
             ctx(&[("v", vec![1.0, 2.0].into())]),
             "v",
-            FeatureProblem::WrongLength { expected: 3, got: 2 },
+            FeatureProblem::WrongLength {
+                expected: 3,
+                got: 2,
+            },
         ),
-        (ctx(&[("v", vec![1.0, f64::NAN, 0.0].into())]), "v", FeatureProblem::NotFinite),
+        (
+            ctx(&[("v", vec![1.0, f64::NAN, 0.0].into())]),
+            "v",
+            FeatureProblem::NotFinite,
+        ),
         (
             ctx(&[("v", 1.0.into())]),
             "v",
-            FeatureProblem::WrongType { expected: "an array of numbers" },
+            FeatureProblem::WrongType {
+                expected: "an array of numbers",
+            },
         ),
-        (ctx(&[("c", 1.0.into())]), "c", FeatureProblem::WrongType { expected: "a string" }),
+        (
+            ctx(&[("c", 1.0.into())]),
+            "c",
+            FeatureProblem::WrongType {
+                expected: "a string",
+            },
+        ),
     ];
     for (input, feature, problem) in cases {
         let err = s.encode_context(&input, &mut x).unwrap_err();
-        assert_eq!((err.feature.as_str(), &err.problem), (feature, &problem), "{input:?}");
+        assert_eq!(
+            (err.feature.as_str(), &err.problem),
+            (feature, &problem),
+            "{input:?}"
+        );
     }
 }
 
@@ -125,27 +204,45 @@ fn unknown_features_are_ignored_or_rejected_as_the_spec_says() {
     lenient.encode_context(&input, &mut x).unwrap();
     let strict = spec(vec![("n", number(0.0, 1.0, None))], UnknownFeatures::Reject);
     let err = strict.encode_context(&input, &mut x).unwrap_err();
-    assert_eq!((err.feature.as_str(), err.problem), ("surprise", FeatureProblem::Unknown));
+    assert_eq!(
+        (err.feature.as_str(), err.problem),
+        ("surprise", FeatureProblem::Unknown)
+    );
 }
 
 #[test]
 fn interactions_are_the_outer_product_of_context_and_action_slots() {
     let s = FeatureSpec::new(
         false,
-        vec![("u".into(), FeatureKind::Vector { len: 2, default: None })],
-        vec![("i".into(), FeatureKind::Vector { len: 3, default: None })],
+        vec![(
+            "u".into(),
+            FeatureKind::Vector {
+                len: 2,
+                default: None,
+            },
+        )],
+        vec![(
+            "i".into(),
+            FeatureKind::Vector {
+                len: 3,
+                default: None,
+            },
+        )],
         &[("u".into(), "i".into())],
         UnknownFeatures::Ignore,
     )
     .unwrap();
     assert_eq!((s.context_dim(), s.dim()), (2, 2 + 3 + 6));
     let mut x = vec![0.0; s.dim()];
-    s.encode_context(&ctx(&[("u", vec![2.0, 3.0].into())]), &mut x).unwrap();
+    s.encode_context(&ctx(&[("u", vec![2.0, 3.0].into())]), &mut x)
+        .unwrap();
     let action = ctx(&[("i", vec![1.0, 10.0, 100.0].into())]);
     s.encode_action(&action, 4, &mut x).unwrap();
     assert_eq!(
         x,
-        vec![2.0, 3.0, 1.0, 10.0, 100.0, 2.0, 20.0, 200.0, 3.0, 30.0, 300.0]
+        vec![
+            2.0, 3.0, 1.0, 10.0, 100.0, 2.0, 20.0, 200.0, 3.0, 30.0, 300.0
+        ]
     );
     let err = s
         .encode_action(&ctx(&[("i", vec![1.0].into())]), 4, &mut x)

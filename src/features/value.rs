@@ -99,7 +99,9 @@ impl FeatureSource for BTreeMap<String, FeatureValue> {
 /// handful of features a decision carries.
 impl FeatureSource for [(String, FeatureValue)] {
     fn feature(&self, name: &str) -> Option<FeatureRef<'_>> {
-        self.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+        self.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
     fn names(&self) -> impl Iterator<Item = &str> {
         self.iter().map(|(n, _)| n.as_str())

@@ -160,7 +160,10 @@ pub fn decode(bytes: &[u8]) -> Result<ModelState, CodecError> {
     }
     let expected = HEADER + arms * arm_bytes(dim) + 4;
     if bytes.len() != expected {
-        return Err(CodecError::WrongLength { expected, got: bytes.len() });
+        return Err(CodecError::WrongLength {
+            expected,
+            got: bytes.len(),
+        });
     }
     let (body, crc) = bytes.split_at(expected - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
@@ -187,7 +190,12 @@ pub fn decode(bytes: &[u8]) -> Result<ModelState, CodecError> {
         if xx.diag().iter().any(|v| *v < 0.0) {
             return Err(bad("negative diagonal in Σxxᵀ"));
         }
-        out.push(ArmStats { xx, xr, count, reward_sum });
+        out.push(ArmStats {
+            xx,
+            xr,
+            count,
+            reward_sum,
+        });
     }
     Ok(ModelState { version, arms: out })
 }

@@ -42,13 +42,18 @@ pub enum ModelError {
 /// Validates one observation: finite, of the model's dimension.
 pub(crate) fn check_observation(x: &[f64], reward: f64, dim: usize) -> Result<(), ModelError> {
     if x.len() != dim {
-        return Err(ModelError::WrongDimension { expected: dim, got: x.len() });
+        return Err(ModelError::WrongDimension {
+            expected: dim,
+            got: x.len(),
+        });
     }
     if !reward.is_finite() {
         return Err(ModelError::NotFinite { what: "reward" });
     }
     if x.iter().any(|v| !v.is_finite()) {
-        return Err(ModelError::NotFinite { what: "feature vector" });
+        return Err(ModelError::NotFinite {
+            what: "feature vector",
+        });
     }
     Ok(())
 }
@@ -105,7 +110,12 @@ impl LinearModel {
             .enumerate()
             .map(|(i, s)| derive(s, lambda, i))
             .collect::<Result<_, _>>()?;
-        Ok(LinearModel { state, lambda, refactor_every: refactor_every.max(1), derived })
+        Ok(LinearModel {
+            state,
+            lambda,
+            refactor_every: refactor_every.max(1),
+            derived,
+        })
     }
 
     /// The statistics and version.
@@ -274,7 +284,12 @@ fn derive(stats: &ArmStats, lambda: f64, arm: usize) -> Result<Derived, ModelErr
         return Err(ModelError::NotPositiveDefinite { arm });
     }
     let theta = a_inv.dot(&stats.xr);
-    Ok(Derived { a_inv, theta, since_refactor: 0, posterior_factor: OnceLock::new() })
+    Ok(Derived {
+        a_inv,
+        theta,
+        since_refactor: 0,
+        posterior_factor: OnceLock::new(),
+    })
 }
 
 fn symmetrized(m: &Array2<f64>) -> Array2<f64> {

@@ -168,7 +168,10 @@ impl Delta {
                 return Err(ModelError::UnknownArm { arm: *arm, arms });
             }
             if stats.dim() != dim {
-                return Err(ModelError::WrongDimension { expected: dim, got: stats.dim() });
+                return Err(ModelError::WrongDimension {
+                    expected: dim,
+                    got: stats.dim(),
+                });
             }
         }
         Ok(())

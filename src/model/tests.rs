@@ -61,7 +61,10 @@ fn deltas_of_the_wrong_shape_change_nothing() {
     let mut state = ModelState::new(4, 2);
     let mut bad = Delta::default();
     bad.observe(5, &[1.0; 4], 1.0, 4).unwrap();
-    assert_eq!(state.apply(&bad), Err(ModelError::UnknownArm { arm: 5, arms: 2 }));
+    assert_eq!(
+        state.apply(&bad),
+        Err(ModelError::UnknownArm { arm: 5, arms: 2 })
+    );
     let mut wide = Delta::default();
     wide.observe(0, &[1.0; 3], 1.0, 3).unwrap();
     assert!(state.apply(&wide).is_err());
@@ -80,7 +83,9 @@ fn check_inverse_after_many_updates(refactor_every: u32) -> f64 {
     let scale = fresh.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let err = max_abs_diff(model.a_inv(0), &fresh) / scale;
     let theta = fresh.dot(&model.state().arms[0].xr);
-    let theta_err = (&model.theta(0) - &theta).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let theta_err = (&model.theta(0) - &theta)
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(theta_err < 1e-8, "θ drifted by {theta_err}");
     err
 }
@@ -123,7 +128,9 @@ fn applying_a_delta_rederives_the_touched_arms() {
     let mut model = LinearModel::new(4, 2, 2.0, 1000);
     let mut delta = Delta::default();
     for _ in 0..50 {
-        delta.observe(1, &random_x(&mut rng, 4), rng.random(), 4).unwrap();
+        delta
+            .observe(1, &random_x(&mut rng, 4), rng.random(), 4)
+            .unwrap();
     }
     model.apply(&delta).unwrap();
     assert_eq!(model.version(), 1);
@@ -136,7 +143,9 @@ fn the_posterior_factor_reproduces_the_inverse() {
     let mut rng = SeededRng::seed_from_u64(9);
     let mut model = LinearModel::new(5, 1, 1.0, 1000);
     for _ in 0..200 {
-        model.observe(0, &random_x(&mut rng, 5), rng.random()).unwrap();
+        model
+            .observe(0, &random_x(&mut rng, 5), rng.random())
+            .unwrap();
     }
     let l = model.posterior_factor(0).clone();
     assert!(max_abs_diff(&l.dot(&l.t()), model.a_inv(0)) < 1e-12);
@@ -191,11 +200,17 @@ fn a_blob_with_a_valid_checksum_but_nan_inside_is_refused() {
     state.arms[1].xr[2] = f64::NAN;
     assert_eq!(
         decode(&encode(&state)),
-        Err(CodecError::InvalidValue { arm: 1, what: "non-finite number" })
+        Err(CodecError::InvalidValue {
+            arm: 1,
+            what: "non-finite number"
+        })
     );
     let mut state = sample_state();
     state.arms[0].xx[[1, 1]] = -1.0;
-    assert!(matches!(decode(&encode(&state)), Err(CodecError::InvalidValue { arm: 0, .. })));
+    assert!(matches!(
+        decode(&encode(&state)),
+        Err(CodecError::InvalidValue { arm: 0, .. })
+    ));
 }
 
 #[test]

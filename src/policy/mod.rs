@@ -6,8 +6,8 @@
 //! the state wherever it lives (in-process, or a replica's copy of Redis)
 //! and the simulator runs the very same code offline.
 
-pub mod spec;
 mod score;
+pub mod spec;
 
 pub use spec::{
     Aggregation, Algorithm, Mode, Params, PolicyError, PolicySpec, RewardError, RewardSpec,
@@ -46,7 +46,13 @@ pub struct DecideRequest<'a, C: ?Sized, S> {
 impl<'a, C: ?Sized> DecideRequest<'a, C, Vec<(String, crate::features::FeatureValue)>> {
     /// A single-action request for a disjoint policy.
     pub fn disjoint(event_id: &'a str, context: &'a C) -> Self {
-        DecideRequest { event_id, context, actions: &[], excluded: &[], k: 1 }
+        DecideRequest {
+            event_id,
+            context,
+            actions: &[],
+            excluded: &[],
+            k: 1,
+        }
     }
 }
 
@@ -237,10 +243,19 @@ impl Policy {
             return Err(DecideError::NoCandidates);
         }
         if req.k == 0 || req.k > n {
-            return Err(DecideError::BadSlateSize { k: req.k, available: n });
+            return Err(DecideError::BadSlateSize {
+                k: req.k,
+                available: n,
+            });
         }
         let mut probabilities = vec![0.0; n];
-        let ctx = score::Scoring { policy: spec, model, candidates: &candidates, vectors: &vectors, dim };
+        let ctx = score::Scoring {
+            policy: spec,
+            model,
+            candidates: &candidates,
+            vectors: &vectors,
+            dim,
+        };
         ctx.distribution(req.event_id, &mut probabilities);
         let mut rng = explore::event_rng(&spec.id, req.event_id, Stream::Sample);
         let slate = explore::sample_slate(&probabilities, req.k, &mut rng);

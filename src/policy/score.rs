@@ -23,7 +23,10 @@ impl Scoring<'_> {
     fn arm_and_x(&self, position: usize) -> (usize, &[f64]) {
         match self.policy.mode {
             Mode::Disjoint => (self.candidates[position], self.vectors),
-            Mode::Shared => (0, &self.vectors[position * self.dim..(position + 1) * self.dim]),
+            Mode::Shared => (
+                0,
+                &self.vectors[position * self.dim..(position + 1) * self.dim],
+            ),
         }
     }
 
@@ -93,7 +96,9 @@ impl Scoring<'_> {
         let n = out.len();
         let d = self.dim;
         let factor = self.model.posterior_factor(0);
-        let mean: Vec<f64> = (0..n).map(|i| self.model.mean(0, self.arm_and_x(i).1)).collect();
+        let mean: Vec<f64> = (0..n)
+            .map(|i| self.model.mean(0, self.arm_and_x(i).1))
+            .collect();
         // G = X L (n × d): candidate i's score is mean_i + v·(G z)_i.
         let mut g = vec![0.0; n * d];
         for i in 0..n {
@@ -111,7 +116,8 @@ impl Scoring<'_> {
         let mut z = vec![0.0; d];
         let mut wins = vec![0u32; n];
         for _ in 0..params.draws {
-            z.iter_mut().for_each(|v| *v = StandardNormal.sample(&mut rng));
+            z.iter_mut()
+                .for_each(|v| *v = StandardNormal.sample(&mut rng));
             let mut best = f64::NEG_INFINITY;
             let mut winner = 0;
             for i in 0..n {

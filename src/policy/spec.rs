@@ -182,7 +182,11 @@ impl RewardSpec {
             self.max.unwrap_or(f64::INFINITY),
         );
         if reward < min || reward > max {
-            return Err(RewardError::OutOfRange { value: reward, min, max });
+            return Err(RewardError::OutOfRange {
+                value: reward,
+                min,
+                max,
+            });
         }
         Ok(reward)
     }
@@ -235,7 +239,13 @@ impl fmt::Display for PolicyError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
@@ -407,7 +417,8 @@ impl Problems {
 pub fn is_valid_id(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Parses and validates a policy file's text. `origin` names the file in
@@ -424,10 +435,19 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             message: format!("{position}{}", e.message()),
         }]
     })?;
-    let mut p = Problems { file: origin.to_path_buf(), errors: vec![] };
+    let mut p = Problems {
+        file: origin.to_path_buf(),
+        errors: vec![],
+    };
 
     if !is_valid_id(&raw.id, 64) {
-        p.add("id", format!("expected 1 to 64 characters of [A-Za-z0-9_.-], got {:?}", raw.id));
+        p.add(
+            "id",
+            format!(
+                "expected 1 to 64 characters of [A-Za-z0-9_.-], got {:?}",
+                raw.id
+            ),
+        );
     }
     if raw.version == 0 {
         p.add("version", "expected an integer >= 1, got 0");
@@ -492,9 +512,7 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
             "lambda" | "refactor_every" => matches!(algo, LinUcb | LinTs | EpsilonGreedy),
             "v" => algo == LinTs,
             "epsilon" => algo != Uniform,
-            "draws" => {
-                algo == BetaTs || (algo == LinTs && raw.mode == Mode::Shared)
-            }
+            "draws" => algo == BetaTs || (algo == LinTs && raw.mode == Mode::Shared),
             _ => false,
         }
     };
@@ -505,7 +523,10 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
             } else {
                 "not a parameter of this algorithm"
             };
-            p.add(format!("params.{key}"), format!("{what} ({}); remove it", algo.name()));
+            p.add(
+                format!("params.{key}"),
+                format!("{what} ({}); remove it", algo.name()),
+            );
             false
         } else {
             given
@@ -516,7 +537,10 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
         if a.is_finite() && a >= 0.0 {
             out.alpha = a;
         } else {
-            p.add("params.alpha", format!("expected a finite number >= 0, got {a}"));
+            p.add(
+                "params.alpha",
+                format!("expected a finite number >= 0, got {a}"),
+            );
         }
     }
     if unused("lambda", r.lambda.is_some(), p) {
@@ -524,7 +548,10 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
         if l.is_finite() && l > 0.0 {
             out.lambda = l;
         } else {
-            p.add("params.lambda", format!("expected a finite number > 0, got {l}"));
+            p.add(
+                "params.lambda",
+                format!("expected a finite number > 0, got {l}"),
+            );
         }
     }
     if unused("v", r.v.is_some(), p) {
@@ -540,7 +567,10 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
         if (0.0..=1.0).contains(&e) {
             out.epsilon = e;
         } else {
-            p.add("params.epsilon", format!("expected a number in [0, 1], got {e}"));
+            p.add(
+                "params.epsilon",
+                format!("expected a number in [0, 1], got {e}"),
+            );
         }
     }
     if unused("draws", r.draws.is_some(), p) {
@@ -548,7 +578,10 @@ fn validate_params(raw: &RawPolicy, p: &mut Problems) -> Params {
         if (1..=MAX_DRAWS).contains(&d) {
             out.draws = d;
         } else {
-            p.add("params.draws", format!("expected an integer in [1, {MAX_DRAWS}], got {d}"));
+            p.add(
+                "params.draws",
+                format!("expected an integer in [1, {MAX_DRAWS}], got {d}"),
+            );
         }
     }
     if unused("refactor_every", r.refactor_every.is_some(), p) {
@@ -566,10 +599,16 @@ fn validate_arms(raw: &RawPolicy, p: &mut Problems) {
     match raw.mode {
         Mode::Disjoint => {
             if raw.arms.is_empty() {
-                p.add("arms", "expected a non-empty list of arm ids in disjoint mode");
+                p.add(
+                    "arms",
+                    "expected a non-empty list of arm ids in disjoint mode",
+                );
             }
             if raw.arms.len() > MAX_ARMS {
-                p.add("arms", format!("expected at most {MAX_ARMS} arms, got {}", raw.arms.len()));
+                p.add(
+                    "arms",
+                    format!("expected at most {MAX_ARMS} arms, got {}", raw.arms.len()),
+                );
             }
             let mut seen = HashMap::new();
             for (i, arm) in raw.arms.iter().enumerate() {
@@ -580,19 +619,28 @@ fn validate_arms(raw: &RawPolicy, p: &mut Problems) {
                     );
                 }
                 if let Some(first) = seen.insert(arm.as_str(), i) {
-                    p.add(format!("arms[{i}]"), format!("duplicate arm {arm:?} (also arms[{first}])"));
+                    p.add(
+                        format!("arms[{i}]"),
+                        format!("duplicate arm {arm:?} (also arms[{first}])"),
+                    );
                 }
             }
             if !raw.features.action.is_empty() {
                 p.add("features.action", "action features need mode = \"shared\"");
             }
             if !raw.features.interactions.is_empty() {
-                p.add("features.interactions", "interactions need mode = \"shared\"");
+                p.add(
+                    "features.interactions",
+                    "interactions need mode = \"shared\"",
+                );
             }
         }
         Mode::Shared => {
             if !raw.arms.is_empty() {
-                p.add("arms", "shared mode takes its candidates per request; remove `arms`");
+                p.add(
+                    "arms",
+                    "shared mode takes its candidates per request; remove `arms`",
+                );
             }
             if raw.features.action.is_empty() {
                 p.add(
@@ -601,7 +649,10 @@ fn validate_arms(raw: &RawPolicy, p: &mut Problems) {
                 );
             }
             if raw.algorithm == Algorithm::BetaTs {
-                p.add("mode", "beta_ts has no features and needs mode = \"disjoint\"");
+                p.add(
+                    "mode",
+                    "beta_ts has no features and needs mode = \"disjoint\"",
+                );
             }
         }
     }
@@ -624,48 +675,72 @@ fn validate_features(raw: &RawPolicy, p: &mut Problems) -> Option<FeatureSpec> {
         .map_err(|e| p.add("features", e.0))
         .ok()?;
     if spec.dim() == 0 {
-        p.add("features", "the feature vector is empty: enable `bias` or declare a feature");
+        p.add(
+            "features",
+            "the feature vector is empty: enable `bias` or declare a feature",
+        );
     }
     if spec.dim() > MAX_DIM {
         p.add(
             "features",
-            format!("the feature vector has {} dimensions, at most {MAX_DIM} are allowed", spec.dim()),
+            format!(
+                "the feature vector has {} dimensions, at most {MAX_DIM} are allowed",
+                spec.dim()
+            ),
         );
     }
     Some(spec)
 }
 
-fn validate_side(
-    raw: &[RawFeature],
-    side: &str,
-    p: &mut Problems,
-) -> Vec<(String, FeatureKind)> {
+fn validate_side(raw: &[RawFeature], side: &str, p: &mut Problems) -> Vec<(String, FeatureKind)> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, f) in raw.iter().enumerate() {
         let key = |k: &str| format!("{side}[{i}].{k}");
         let (name, kind) = match f {
-            RawFeature::Number { name, mean, std, default } => {
+            RawFeature::Number {
+                name,
+                mean,
+                std,
+                default,
+            } => {
                 let mean = mean.unwrap_or(0.0);
                 let std = std.unwrap_or(1.0);
                 if !mean.is_finite() {
                     p.add(key("mean"), format!("expected a finite number, got {mean}"));
                 }
                 if !(std.is_finite() && std > 0.0) {
-                    p.add(key("std"), format!("expected a finite number > 0, got {std}"));
+                    p.add(
+                        key("std"),
+                        format!("expected a finite number > 0, got {std}"),
+                    );
                 }
                 if let Some(d) = default.filter(|d| !d.is_finite()) {
                     p.add(key("default"), format!("expected a finite number, got {d}"));
                 }
-                (name, FeatureKind::Number { mean, std, default: *default })
+                (
+                    name,
+                    FeatureKind::Number {
+                        mean,
+                        std,
+                        default: *default,
+                    },
+                )
             }
-            RawFeature::Categorical { name, vocabulary, default } => {
+            RawFeature::Categorical {
+                name,
+                vocabulary,
+                default,
+            } => {
                 if vocabulary.is_empty() {
                     p.add(key("vocabulary"), "expected a non-empty list of strings");
                 }
                 let mut index = HashMap::with_capacity(vocabulary.len());
                 for (j, v) in vocabulary.iter().enumerate() {
                     if index.insert(v.clone(), j).is_some() {
-                        p.add(format!("{}[{j}]", key("vocabulary")), format!("duplicate value {v:?}"));
+                        p.add(
+                            format!("{}[{j}]", key("vocabulary")),
+                            format!("duplicate value {v:?}"),
+                        );
                     }
                 }
                 let kind = FeatureKind::OneHot {
@@ -675,31 +750,63 @@ fn validate_side(
                 };
                 (name, kind)
             }
-            RawFeature::Hashed { name, buckets, default } => {
+            RawFeature::Hashed {
+                name,
+                buckets,
+                default,
+            } => {
                 if !(1..=1 << 16).contains(buckets) {
-                    p.add(key("buckets"), format!("expected an integer in [1, 65536], got {buckets}"));
+                    p.add(
+                        key("buckets"),
+                        format!("expected an integer in [1, 65536], got {buckets}"),
+                    );
                 }
-                (name, FeatureKind::Hashed { buckets: (*buckets).max(1), default: default.clone() })
+                (
+                    name,
+                    FeatureKind::Hashed {
+                        buckets: (*buckets).max(1),
+                        default: default.clone(),
+                    },
+                )
             }
-            RawFeature::Vector { name, length, default } => {
+            RawFeature::Vector {
+                name,
+                length,
+                default,
+            } => {
                 if !(1..=MAX_DIM).contains(length) {
-                    p.add(key("length"), format!("expected an integer in [1, {MAX_DIM}], got {length}"));
+                    p.add(
+                        key("length"),
+                        format!("expected an integer in [1, {MAX_DIM}], got {length}"),
+                    );
                 }
                 if let Some(d) = default {
                     if d.len() != *length {
                         p.add(
                             key("default"),
-                            format!("expected a vector of length {length}, got length {}", d.len()),
+                            format!(
+                                "expected a vector of length {length}, got length {}",
+                                d.len()
+                            ),
                         );
                     } else if d.iter().any(|v| !v.is_finite()) {
                         p.add(key("default"), "expected finite numbers");
                     }
                 }
-                (name, FeatureKind::Vector { len: (*length).max(1), default: default.clone() })
+                (
+                    name,
+                    FeatureKind::Vector {
+                        len: (*length).max(1),
+                        default: default.clone(),
+                    },
+                )
             }
         };
         if !is_valid_id(name, 64) {
-            p.add(key("name"), format!("expected 1 to 64 characters of [A-Za-z0-9_.-], got {name:?}"));
+            p.add(
+                key("name"),
+                format!("expected 1 to 64 characters of [A-Za-z0-9_.-], got {name:?}"),
+            );
         }
         out.push((name.clone(), kind));
     }
@@ -710,14 +817,23 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
     let r = &raw.reward;
     for (name, w) in &r.signals {
         if !is_valid_id(name, 64) {
-            p.add(format!("reward.signals.{name}"), "expected a signal name of [A-Za-z0-9_.-]");
+            p.add(
+                format!("reward.signals.{name}"),
+                "expected a signal name of [A-Za-z0-9_.-]",
+            );
         }
         if !w.is_finite() {
-            p.add(format!("reward.signals.{name}"), format!("expected a finite weight, got {w}"));
+            p.add(
+                format!("reward.signals.{name}"),
+                format!("expected a finite weight, got {w}"),
+            );
         }
     }
     if r.window.is_zero() {
-        p.add("reward.window", "expected a positive duration such as \"30m\" or \"24h\"");
+        p.add(
+            "reward.window",
+            "expected a positive duration such as \"30m\" or \"24h\"",
+        );
     }
     let (mut min, mut max) = (r.min, r.max);
     if raw.algorithm == Algorithm::BetaTs {
@@ -725,7 +841,10 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
         let lo = min.unwrap_or(0.0);
         let hi = max.unwrap_or(1.0);
         if lo < 0.0 || hi > 1.0 {
-            p.add("reward", format!("beta_ts needs rewards within [0, 1], the range is [{lo}, {hi}]"));
+            p.add(
+                "reward",
+                format!("beta_ts needs rewards within [0, 1], the range is [{lo}, {hi}]"),
+            );
         }
         min = Some(lo);
         max = Some(hi);
@@ -738,7 +857,10 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
     if let (Some(lo), Some(hi)) = (min, max)
         && lo >= hi
     {
-        p.add("reward.max", format!("expected max > min, got min {lo}, max {hi}"));
+        p.add(
+            "reward.max",
+            format!("expected max > min, got min {lo}, max {hi}"),
+        );
     }
     let spec = RewardSpec {
         signals: r.signals.clone(),
@@ -751,7 +873,10 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
     if spec.check(r.default).is_err() {
         p.add(
             "reward.default",
-            format!("expected a finite number within the reward range, got {}", r.default),
+            format!(
+                "expected a finite number within the reward range, got {}",
+                r.default
+            ),
         );
     }
     spec
@@ -787,7 +912,11 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<PolicySpec>, Vec<PolicyError>) {
                     errors.push(PolicyError {
                         file: file.clone(),
                         key: "id".into(),
-                        message: format!("duplicate policy id {:?} (also in {})", spec.id, first.display()),
+                        message: format!(
+                            "duplicate policy id {:?} (also in {})",
+                            spec.id,
+                            first.display()
+                        ),
                     });
                 } else {
                     origin.insert(spec.id.clone(), file);
@@ -809,7 +938,8 @@ fn collect_toml(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<PolicyEr
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
             Ok(entries) => {
-                let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                let mut children: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 children.sort();
                 for child in children {
                     if child.is_dir() || child.extension().is_some_and(|e| e == "toml") {

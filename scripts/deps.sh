@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages the build links against (idempotent).
+# ndarray-linalg uses the system OpenBLAS/LAPACK (`openblas-system`): the
+# `openblas-static` backend would download OpenBLAS at build time.
+set -euo pipefail
+packages=(libopenblas-dev pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+fi
