@@ -14,12 +14,27 @@
 //!   floor, Thompson win probabilities by quadrature) and the seeded sampler.
 //! - [`policy`]: policy files (`policies/*.toml`) parsed into validated
 //!   specs, and the decide / learn procedures that tie the layers together.
+//! - [`store`]: the shared model store (in-process, or Redis): pending
+//!   events, the learned stream, snapshots.
+//! - [`log`]: the decision log (SQLite or PostgreSQL), batched and spooled.
+//! - [`runtime`]: a live policy: its local model kept in step with the store.
+//! - [`http`]: the HTTP API, one file per route group.
+//! - [`config`], [`startup`], [`metrics`], [`telemetry`]: settings, building
+//!   and running the service, Prometheus metrics, logging.
 //!
 //! Decisions flow score → explore → sample: the model scores candidates,
 //! exploration turns scores into probabilities, the sampler draws with an
 //! RNG seeded by the event id, so a decision can be replayed exactly.
 
+pub mod config;
 pub mod explore;
 pub mod features;
+pub mod http;
+pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod runtime;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

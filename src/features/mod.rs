@@ -9,7 +9,7 @@
 
 mod value;
 
-pub use value::{FeatureRef, FeatureSource, FeatureValue};
+pub use value::{FeatureRef, FeatureSource, FeatureValue, Features};
 
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;

@@ -2,7 +2,11 @@
 //! reads through, so any map (or a borrowed request) can be encoded without
 //! copying.
 
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 /// A borrowed feature value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,9 +22,8 @@ pub enum FeatureRef<'a> {
 }
 
 /// An owned feature value; deserialises from JSON `number | string | bool |
-/// [numbers]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
+/// [numbers]` (anything else is an error saying so).
+#[derive(Debug, Clone, PartialEq)]
 pub enum FeatureValue {
     /// A number.
     Number(f64),
@@ -30,6 +33,109 @@ pub enum FeatureValue {
     Str(String),
     /// A numeric vector.
     Vector(Vec<f64>),
+}
+
+const EXPECTED_VALUE: &str = "a number, a string, a boolean or an array of numbers";
+
+impl<'de> Deserialize<'de> for FeatureValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FeatureValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED_VALUE)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Number(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Str(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<FeatureValue, E> {
+                Ok(FeatureValue::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeatureValue, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(4096));
+                while let Some(v) = seq.next_element::<f64>()? {
+                    out.push(v);
+                }
+                Ok(FeatureValue::Vector(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for FeatureValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FeatureValue::Number(v) => s.serialize_f64(*v),
+            FeatureValue::Bool(b) => s.serialize_bool(*b),
+            FeatureValue::Str(v) => s.serialize_str(v),
+            FeatureValue::Vector(v) => v.serialize(s),
+        }
+    }
+}
+
+/// Named features as a request carries them: a JSON object kept as ordered
+/// pairs (a linear scan beats hashing for the handful of features a request
+/// has). Duplicate names are an error.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Features(pub Vec<(String, FeatureValue)>);
+
+impl<'de> Deserialize<'de> for Features {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Features;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of named features")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
+                let mut out: Vec<(String, FeatureValue)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8).min(1024));
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate feature `{name}`"
+                        )));
+                    }
+                    let value = map.next_value::<FeatureValue>()?;
+                    out.push((name, value));
+                }
+                Ok(Features(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Serialize for Features {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl FeatureSource for Features {
+    fn feature(&self, name: &str) -> Option<FeatureRef<'_>> {
+        self.0.as_slice().feature(name)
+    }
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.as_slice().names()
+    }
 }
 
 impl FeatureValue {

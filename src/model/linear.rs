@@ -3,6 +3,7 @@
 use super::{ArmStats, Delta, ModelState};
 use ndarray::{Array1, Array2, ArrayView1};
 use ndarray_linalg::{Cholesky, FactorizeC, InverseC, UPLO};
+use std::sync::Arc;
 use std::sync::OnceLock;
 
 /// Why an observation or state was refused. The model is unchanged then.
@@ -59,7 +60,7 @@ pub(crate) fn check_observation(x: &[f64], reward: f64, dim: usize) -> Result<()
 }
 
 /// Derived values of one arm, valid for the arm's current statistics.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Derived {
     /// `A⁻¹ = (λI + S)⁻¹`, kept symmetric.
     a_inv: Array2<f64>,
@@ -73,6 +74,13 @@ struct Derived {
     posterior_factor: OnceLock<Array2<f64>>,
 }
 
+/// One arm: statistics and the values derived from them.
+#[derive(Debug, Clone)]
+struct Arm {
+    stats: ArmStats,
+    derived: Derived,
+}
+
 /// Sufficient statistics plus cached `A⁻¹` and `θ` per arm.
 ///
 /// Invariant: every arm's cache matches its statistics to floating-point
@@ -80,12 +88,16 @@ struct Derived {
 /// every `refactor_every` of them (and after any delta or load) it is
 /// recomputed from the statistics by a Cholesky factorisation, so rounding
 /// cannot accumulate.
-#[derive(Debug)]
+///
+/// Cloning is cheap: arms are shared copy-on-write, so a replica can clone
+/// the live model, learn a few rewards (copying only the arms they touch)
+/// and publish the result while decisions keep reading the old one.
+#[derive(Debug, Clone)]
 pub struct LinearModel {
-    state: ModelState,
+    version: u64,
     lambda: f64,
     refactor_every: u32,
-    derived: Vec<Derived>,
+    arms: Vec<Arc<Arm>>,
 }
 
 impl LinearModel {
@@ -104,43 +116,49 @@ impl LinearModel {
         lambda: f64,
         refactor_every: u32,
     ) -> Result<Self, ModelError> {
-        let derived = state
+        let arms = state
             .arms
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, s)| derive(s, lambda, i))
+            .map(|(i, stats)| {
+                let derived = derive(&stats, lambda, i)?;
+                Ok(Arc::new(Arm { stats, derived }))
+            })
             .collect::<Result<_, _>>()?;
         Ok(LinearModel {
-            state,
+            version: state.version,
             lambda,
             refactor_every: refactor_every.max(1),
-            derived,
+            arms,
         })
     }
 
-    /// The statistics and version.
-    pub fn state(&self) -> &ModelState {
-        &self.state
+    /// A copy of the statistics and version (for encoding and inspection).
+    pub fn state(&self) -> ModelState {
+        ModelState {
+            version: self.version,
+            arms: self.arms.iter().map(|a| a.stats.clone()).collect(),
+        }
     }
 
-    /// Consumes the model, returning its statistics.
-    pub fn into_state(self) -> ModelState {
-        self.state
+    /// The statistics of one arm.
+    pub fn stats(&self, arm: usize) -> &ArmStats {
+        &self.arms[arm].stats
     }
 
     /// Version of the statistics.
     pub fn version(&self) -> u64 {
-        self.state.version
+        self.version
     }
 
     /// Feature dimension `d`.
     pub fn dim(&self) -> usize {
-        self.state.dim()
+        self.arms.first().map_or(0, |a| a.stats.dim())
     }
 
     /// Number of arms (1 for a shared model).
     pub fn arms(&self) -> usize {
-        self.state.arms.len()
+        self.arms.len()
     }
 
     /// Ridge parameter `λ`.
@@ -150,24 +168,27 @@ impl LinearModel {
 
     /// `θ_a`.
     pub fn theta(&self, arm: usize) -> ArrayView1<'_, f64> {
-        self.derived[arm].theta.view()
+        self.arms[arm].derived.theta.view()
     }
 
     /// The cached `A_a⁻¹`.
     pub fn a_inv(&self, arm: usize) -> &Array2<f64> {
-        &self.derived[arm].a_inv
+        &self.arms[arm].derived.a_inv
     }
 
     /// Ridge estimate of the reward: `θ_aᵀ x`.
     pub fn mean(&self, arm: usize, x: &[f64]) -> f64 {
-        dot(self.derived[arm].theta.as_slice().expect("contiguous"), x)
+        dot(
+            self.arms[arm].derived.theta.as_slice().expect("contiguous"),
+            x,
+        )
     }
 
     /// The quadratic form `xᵀ A_a⁻¹ x` (the squared confidence width of Li et
     /// al. 2010 before `α`, and the posterior variance of `θᵀx` before `v²`
     /// in Agrawal & Goyal 2013). Never negative.
     pub fn quad_form(&self, arm: usize, x: &[f64]) -> f64 {
-        let a_inv = &self.derived[arm].a_inv;
+        let a_inv = &self.arms[arm].derived.a_inv;
         let mut total = 0.0;
         for (i, xi) in x.iter().enumerate() {
             if *xi != 0.0 {
@@ -180,7 +201,7 @@ impl LinearModel {
     /// Lower-triangular `L` with `A_a⁻¹ = L Lᵀ`, for drawing
     /// `θ̃ = θ + v L z ~ N(θ, v² A⁻¹)`. Computed once per version.
     pub fn posterior_factor(&self, arm: usize) -> &Array2<f64> {
-        let d = &self.derived[arm];
+        let d = &self.arms[arm].derived;
         d.posterior_factor.get_or_init(|| {
             let sym = symmetrized(&d.a_inv);
             sym.cholesky(UPLO::Lower).unwrap_or_else(|_| {
@@ -200,19 +221,18 @@ impl LinearModel {
     /// length or an unknown arm.
     pub fn observe(&mut self, arm: usize, x: &[f64], reward: f64) -> Result<(), ModelError> {
         check_observation(x, reward, self.dim())?;
-        let arms = self.arms();
-        let stats = self
-            .state
+        let arms = self.arms.len();
+        let slot = self
             .arms
             .get_mut(arm)
             .ok_or(ModelError::UnknownArm { arm, arms })?;
+        let Arm { stats, derived: d } = Arc::make_mut(slot);
         stats.add(x, reward);
-        self.state.version += 1;
-        let d = &mut self.derived[arm];
+        self.version += 1;
         d.since_refactor += 1;
         d.posterior_factor = OnceLock::new();
         if d.since_refactor >= self.refactor_every {
-            *d = derive(&self.state.arms[arm], self.lambda, arm)?;
+            *d = derive(stats, self.lambda, arm)?;
             return Ok(());
         }
         let n = x.len();
@@ -230,7 +250,7 @@ impl LinearModel {
                 }
             }
         }
-        d.theta = d.a_inv.dot(&stats_ref(&self.state, arm).xr);
+        d.theta = d.a_inv.dot(&stats.xr);
         Ok(())
     }
 
@@ -238,30 +258,20 @@ impl LinearModel {
     /// and re-derives the touched arms. All or nothing: a bad delta changes
     /// nothing.
     pub fn apply(&mut self, delta: &Delta) -> Result<(), ModelError> {
-        let mut next = self.state.clone();
-        next.apply(delta)?;
-        let mut derived = Vec::with_capacity(delta.arms.len());
-        for arm in delta.arms.keys() {
-            derived.push((*arm, derive(&next.arms[*arm], self.lambda, *arm)?));
+        delta.check_shape(self.dim(), self.arms.len())?;
+        let mut updated = Vec::with_capacity(delta.arms.len());
+        for (arm, extra) in &delta.arms {
+            let mut stats = self.arms[*arm].stats.clone();
+            stats.merge(extra);
+            let derived = derive(&stats, self.lambda, *arm)?;
+            updated.push((*arm, Arm { stats, derived }));
         }
-        self.state = next;
-        for (arm, d) in derived {
-            self.derived[arm] = d;
+        for (arm, a) in updated {
+            self.arms[arm] = Arc::new(a);
         }
+        self.version += 1;
         Ok(())
     }
-
-    /// Re-derives every arm from the statistics (what a refresh does).
-    pub fn refactor(&mut self) -> Result<(), ModelError> {
-        for (arm, stats) in self.state.arms.iter().enumerate() {
-            self.derived[arm] = derive(stats, self.lambda, arm)?;
-        }
-        Ok(())
-    }
-}
-
-fn stats_ref(state: &ModelState, arm: usize) -> &ArmStats {
-    &state.arms[arm]
 }
 
 /// `A = λI + S`, `A⁻¹` through its Cholesky factorisation, `θ = A⁻¹ z`.
@@ -296,8 +306,25 @@ fn symmetrized(m: &Array2<f64>) -> Array2<f64> {
     (m + &m.t()) * 0.5
 }
 
-/// Plain dot product; the compiler vectorises it.
+/// Dot product with four independent accumulators: floating-point addition
+/// is not reassociated by the compiler, so a single running sum would be one
+/// long dependency chain.
 #[inline]
 pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 4];
+    let chunks = n / 4;
+    for c in 0..chunks {
+        let i = c * 4;
+        acc[0] += a[i] * b[i];
+        acc[1] += a[i + 1] * b[i + 1];
+        acc[2] += a[i + 2] * b[i + 2];
+        acc[3] += a[i + 3] * b[i + 3];
+    }
+    let mut tail = 0.0;
+    for i in chunks * 4..n {
+        tail += a[i] * b[i];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }

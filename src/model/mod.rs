@@ -162,7 +162,7 @@ impl Delta {
         self.arms.values().map(|a| a.count).sum()
     }
 
-    fn check_shape(&self, dim: usize, arms: usize) -> Result<(), ModelError> {
+    pub(crate) fn check_shape(&self, dim: usize, arms: usize) -> Result<(), ModelError> {
         for (arm, stats) in &self.arms {
             if *arm >= arms {
                 return Err(ModelError::UnknownArm { arm: *arm, arms });

@@ -107,7 +107,7 @@ fn periodic_refactorisation_keeps_the_inverse_exact() {
 fn observe_refuses_nan_infinity_and_wrong_lengths_without_changing_the_model() {
     let mut model = LinearModel::new(3, 2, 1.0, 100);
     model.observe(1, &[1.0, 0.5, -1.0], 1.0).unwrap();
-    let before = model.state().clone();
+    let before = model.state();
     let bad: [(usize, Vec<f64>, f64); 5] = [
         (0, vec![f64::NAN, 0.0, 0.0], 1.0),
         (0, vec![0.0, f64::INFINITY, 0.0], 1.0),
@@ -118,7 +118,7 @@ fn observe_refuses_nan_infinity_and_wrong_lengths_without_changing_the_model() {
     for (arm, x, r) in bad {
         assert!(model.observe(arm, &x, r).is_err(), "{arm} {x:?} {r}");
     }
-    assert_eq!(model.state(), &before);
+    assert_eq!(model.state(), before);
     assert!(model.a_inv(0).iter().all(|v| v.is_finite()));
 }
 

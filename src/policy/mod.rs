@@ -20,11 +20,16 @@ use crate::model::{LinearModel, ModelError};
 use std::collections::HashSet;
 
 /// A candidate action sent with a shared-mode request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "S: serde::Deserialize<'de> + Default")
+)]
 pub struct Candidate<S> {
     /// The caller's id of the action.
     pub id: String,
     /// Its features.
+    #[serde(default)]
     pub features: S,
 }
 

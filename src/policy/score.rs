@@ -4,6 +4,8 @@
 use super::spec::{Algorithm, Mode, PolicySpec};
 use crate::explore::{self, Stream, quadrature};
 use crate::model::LinearModel;
+use ndarray::Array2;
+use ndarray_linalg::{Cholesky, UPLO};
 use rand::RngExt;
 use rand_distr::{Beta, Distribution, StandardNormal};
 
@@ -112,8 +114,9 @@ impl Scoring<'_> {
                 }
             }
         }
+        let (f, m) = score_factor(g, n, d);
         let mut rng = explore::event_rng(&self.policy.id, event_id, Stream::Posterior);
-        let mut z = vec![0.0; d];
+        let mut z = vec![0.0; m];
         let mut wins = vec![0u32; n];
         for _ in 0..params.draws {
             z.iter_mut()
@@ -121,7 +124,7 @@ impl Scoring<'_> {
             let mut best = f64::NEG_INFINITY;
             let mut winner = 0;
             for i in 0..n {
-                let s = mean[i] + params.v * crate::model::dot(&g[i * d..(i + 1) * d], &z);
+                let s = mean[i] + params.v * crate::model::dot(&f[i * m..(i + 1) * m], &z);
                 if s > best {
                     best = s;
                     winner = i;
@@ -141,12 +144,11 @@ impl Scoring<'_> {
     fn beta_ts(&self, event_id: &str, out: &mut [f64]) {
         let params = &self.policy.params;
         let n = out.len();
-        let state = self.model.state();
         let posteriors: Vec<Beta<f64>> = self
             .candidates
             .iter()
             .map(|&arm| {
-                let s = &state.arms[arm];
+                let s = self.model.stats(arm);
                 let successes = s.reward_sum.clamp(0.0, s.count as f64);
                 Beta::new(1.0 + successes, 1.0 + s.count as f64 - successes)
                     .expect("shape parameters are >= 1")
@@ -171,5 +173,22 @@ impl Scoring<'_> {
             *p = f64::from(*w);
         }
         explore::mix_floor(out, params.epsilon);
+    }
+}
+
+/// A factor `F` (`n × m`, row-major) with `F Fᵀ = G Gᵀ`, the covariance of
+/// the candidates' scores (before `v²`), and its width `m`. With fewer
+/// candidates than dimensions, the Cholesky factor of the `n × n` covariance
+/// needs `n` normals per draw instead of `d`; it falls back to `G` itself
+/// when that covariance is singular (e.g. duplicate candidates).
+fn score_factor(g: Vec<f64>, n: usize, d: usize) -> (Vec<f64>, usize) {
+    if n >= d {
+        return (g, d);
+    }
+    let gm = Array2::from_shape_vec((n, d), g).expect("n × d");
+    let cov = gm.dot(&gm.t());
+    match cov.cholesky(UPLO::Lower) {
+        Ok(h) if h.iter().all(|v| v.is_finite()) => (h.into_raw_vec_and_offset().0, n),
+        _ => (gm.into_raw_vec_and_offset().0, d),
     }
 }

@@ -453,8 +453,8 @@ fn learning_checks_the_reward_range_and_leaves_the_model_alone_on_error() {
     assert_eq!(model.version(), 0);
     p.learn(&mut model, &d, d.chosen(), 1.0).unwrap();
     let arm = d.candidates[d.chosen()];
-    assert_eq!(model.state().arms[arm].count, 1);
-    assert_eq!(model.state().arms[arm].xr[0], 1.0, "bias slot times reward");
+    assert_eq!(model.stats(arm).count, 1);
+    assert_eq!(model.stats(arm).xr[0], 1.0, "bias slot times reward");
 }
 
 #[test]

@@ -1,0 +1,104 @@
+//! Settings: built-in defaults, then an optional TOML file (`NUDGE_CONFIG`,
+//! default `nudge.toml` if present), then `NUDGE_*` environment variables
+//! (`NUDGE_REDIS_URL` sets `redis_url`, and so on). With nothing set, the
+//! service runs on the embedded defaults: in-process store, SQLite log.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every setting of the service. Field docs name the environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `NUDGE_BIND`: address and port to listen on.
+    pub bind: String,
+    /// `NUDGE_POLICIES`: directory (or file) of policy TOML files.
+    pub policies: PathBuf,
+    /// `NUDGE_DATA_DIR`: spool and other local files.
+    pub data_dir: PathBuf,
+    /// `NUDGE_REDIS_URL`: the Redis model store; unset = in-process store.
+    pub redis_url: Option<String>,
+    /// `NUDGE_REDIS_PREFIX`: prefix of every Redis key.
+    pub redis_prefix: String,
+    /// `NUDGE_STORE_TIMEOUT_MS`: bound on every store call.
+    pub store_timeout_ms: u64,
+    /// `NUDGE_DATABASE_URL`: decision log, `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    /// `NUDGE_MIGRATE`: apply migrations at start.
+    pub migrate: bool,
+    /// `NUDGE_ADMIN_TOKEN`: bearer token required by admin routes (reset);
+    /// unset = admin routes are open (embedded use).
+    pub admin_token: Option<String>,
+    /// `NUDGE_LOG_BATCH_SIZE`: log rows per batch insert.
+    pub log_batch_size: usize,
+    /// `NUDGE_LOG_FLUSH_MS`: flush the log at least this often.
+    pub log_flush_ms: u64,
+    /// `NUDGE_LOG_QUEUE`: log queue capacity (overflow goes to the spool).
+    pub log_queue: usize,
+    /// `NUDGE_SYNC_MS`: how often each replica folds learned rewards into
+    /// its model (the bound on model staleness).
+    pub sync_ms: u64,
+    /// `NUDGE_SWEEP_MS`: how often closed reward windows get their default.
+    pub sweep_ms: u64,
+    /// `NUDGE_SNAPSHOT_MS`: how often a replica saves a model snapshot.
+    pub snapshot_ms: u64,
+    /// `NUDGE_RETENTION_SECS`: how long a closed event is remembered, to
+    /// answer a late reward with 404/409 precisely and retried decides with
+    /// the same decision.
+    pub retention_secs: u64,
+    /// `NUDGE_MAX_BODY_BYTES`: largest request body.
+    pub max_body_bytes: usize,
+    /// `NUDGE_MAX_CANDIDATES`: most candidate actions per request.
+    pub max_candidates: usize,
+    /// `NUDGE_MAX_K`: largest slate.
+    pub max_k: usize,
+    /// `NUDGE_WORKERS`: HTTP worker threads (0 = one per core).
+    pub workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "127.0.0.1:8080".into(),
+            policies: "policies".into(),
+            data_dir: "data".into(),
+            redis_url: None,
+            redis_prefix: "nudge".into(),
+            store_timeout_ms: 500,
+            database_url: "sqlite://nudge.db".into(),
+            migrate: true,
+            admin_token: None,
+            log_batch_size: 500,
+            log_flush_ms: 100,
+            log_queue: 100_000,
+            sync_ms: 20,
+            sweep_ms: 500,
+            snapshot_ms: 5_000,
+            retention_secs: 3_600,
+            max_body_bytes: 1 << 20,
+            max_candidates: 1_000,
+            max_k: 100,
+            workers: 0,
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the config file, then the environment.
+    pub fn load() -> Result<Settings, Box<figment::Error>> {
+        let file = std::env::var("NUDGE_CONFIG").unwrap_or_else(|_| "nudge.toml".into());
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("NUDGE_").ignore(&["CONFIG"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// `store_timeout_ms` as a duration.
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+}

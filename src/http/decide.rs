@@ -1,0 +1,300 @@
+//! `POST /v1/decide`: one action, or a ranked slate, with its propensities.
+
+use super::error::ApiError;
+use super::{AppState, check_event_id, parse_json, read_body};
+use crate::features::Features;
+use crate::log::{DecisionRow, LogRecord};
+use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Mode};
+use crate::store::{EventRecord, Recorded, Slot};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::time::Instant;
+use utoipa::ToSchema;
+
+/// A decision request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideBody {
+    /// Policy id.
+    pub policy: String,
+    /// Idempotency key: a retry with the same id gets the same decision.
+    /// Generated (UUIDv7) when absent. `[A-Za-z0-9_.:-]{1,128}`.
+    pub event_id: Option<String>,
+    /// Context features: `{name: number | string | bool | [numbers]}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: Features,
+    /// Shared-mode policies: the candidate actions with their features.
+    #[serde(default)]
+    #[schema(value_type = Vec<ActionSchema>)]
+    pub actions: Vec<Candidate<Features>>,
+    /// Arms or candidate ids not to choose this time.
+    #[serde(default)]
+    pub excluded: Vec<String>,
+    /// Slate size (default 1).
+    pub k: Option<usize>,
+    /// Compute now, deliver later: learned only after
+    /// `POST /v1/events/{event_id}/activate`.
+    #[serde(default)]
+    pub defer: bool,
+}
+
+/// A candidate action (schema only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ActionSchema {
+    /// The action's id.
+    id: String,
+    /// Its features, as in `context`.
+    #[schema(value_type = Object)]
+    features: Features,
+}
+
+/// One ranked candidate.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Ranked {
+    /// Action id.
+    pub id: String,
+    /// For slate positions: the probability of this action at this position
+    /// given the positions before it. For the rest: its probability of
+    /// being chosen first.
+    pub probability: f64,
+}
+
+/// A decision.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DecideResponse {
+    /// The event id (echoed or generated).
+    pub event_id: String,
+    /// Policy id.
+    pub policy: String,
+    /// The policy definition's version.
+    pub policy_version: u32,
+    /// The model version the decision was made with.
+    pub model_version: u64,
+    /// The chosen action (slate position 1).
+    pub action: String,
+    /// Its propensity: the probability it was chosen with.
+    pub probability: f64,
+    /// Every candidate: the slate first, in order, then the rest by
+    /// decreasing probability.
+    pub ranking: Vec<Ranked>,
+    /// Whether the decision waits for activation.
+    pub deferred: bool,
+}
+
+fn decide_error(e: DecideError) -> ApiError {
+    let code = match &e {
+        DecideError::Feature(_) => "invalid_feature",
+        DecideError::NoCandidates => "no_candidates",
+        DecideError::ActionsNotAllowed => "invalid_field",
+        DecideError::DuplicateAction(_) => "duplicate_action",
+        DecideError::UnknownExcluded(_) => "unknown_action",
+        DecideError::BadSlateSize { .. } => "invalid_field",
+        DecideError::Model(_) => {
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+        }
+    };
+    ApiError {
+        field: e.field(),
+        ..ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+/// Action ids: 1 to 256 bytes, no control characters.
+fn check_action_id(id: &str, field: String) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "invalid_field",
+            field,
+            "action ids are 1 to 256 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/decide`.
+#[utoipa::path(
+    post,
+    path = "/v1/decide",
+    request_body = DecideBody,
+    responses(
+        (status = 200, description = "The decision", body = DecideResponse),
+        (status = 400, description = "Invalid request", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+    )
+)]
+pub async fn decide(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(payload, state.settings.max_body_bytes).await?;
+    let body: DecideBody = parse_json(&body)?;
+    let runtime = state.policy(&body.policy, "policy")?.clone();
+    let event_id = match body.event_id {
+        Some(id) => {
+            check_event_id(&id, "event_id")?;
+            id
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let limits = &state.settings;
+    if body.actions.len() > limits.max_candidates || body.excluded.len() > limits.max_candidates {
+        return Err(ApiError::field(
+            "too_many_candidates",
+            if body.actions.len() > limits.max_candidates {
+                "actions"
+            } else {
+                "excluded"
+            },
+            format!("at most {} candidates per request", limits.max_candidates),
+        ));
+    }
+    for (i, a) in body.actions.iter().enumerate() {
+        check_action_id(&a.id, format!("actions[{i}].id"))?;
+    }
+    let k = body.k.unwrap_or(1);
+    if k > limits.max_k {
+        return Err(ApiError::field(
+            "invalid_field",
+            "k",
+            format!("k is at most {}", limits.max_k),
+        ));
+    }
+
+    let model = runtime.model();
+    let policy = &runtime.policy;
+    let spec = policy.spec();
+    let request = DecideRequest {
+        event_id: &event_id,
+        context: &body.context,
+        actions: &body.actions,
+        excluded: &body.excluded,
+        k,
+    };
+    let decision = policy.decide(&model, &request).map_err(decide_error)?;
+    let ids: Vec<&str> = decision
+        .candidates
+        .iter()
+        .map(|&c| match spec.mode {
+            Mode::Disjoint => spec.arms[c].as_str(),
+            Mode::Shared => body.actions[c].id.as_str(),
+        })
+        .collect();
+    let response = DecideResponse {
+        event_id: event_id.clone(),
+        policy: spec.id.clone(),
+        policy_version: spec.version,
+        model_version: decision.model_version,
+        action: ids[decision.chosen()].to_string(),
+        probability: decision.propensity(),
+        ranking: ranking(&decision, &ids),
+        deferred: body.defer,
+    };
+    let response_json = serde_json::to_string(&response)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+
+    let now = chrono::Utc::now();
+    let record = EventRecord {
+        event_id: event_id.clone(),
+        slots: decision
+            .slate
+            .iter()
+            .map(|slot| Slot {
+                action: ids[slot.index].to_string(),
+                arm: decision.arm_of(slot.index, spec.mode) as u32,
+                x: decision.vector(slot.index).to_vec(),
+            })
+            .collect(),
+        deadline_ms: now.timestamp_millis() + runtime.rules.window_ms,
+        deferred: body.defer,
+        response: response_json.clone(),
+    };
+    let recorded = state
+        .store
+        .record(
+            spec.id.as_str(),
+            &record,
+            &runtime.rules,
+            now.timestamp_millis(),
+        )
+        .await;
+    state.store_result("record", &recorded);
+    let degraded = match recorded {
+        Ok(Recorded::Existing(previous)) => {
+            // A retry: the first answer stands, and it is logged once.
+            return Ok(HttpResponse::Ok()
+                .content_type("application/json")
+                .body(previous));
+        }
+        Ok(Recorded::New) => false,
+        // The store is down: answer anyway with the local model; the
+        // decision is logged (flagged) but cannot be learned from.
+        Err(_) => true,
+    };
+
+    let action_label = match spec.mode {
+        Mode::Disjoint => response.action.as_str(),
+        Mode::Shared => "*",
+    };
+    state
+        .metrics
+        .decisions
+        .with_label_values(&[&spec.id, action_label])
+        .inc();
+    state.log.record(LogRecord::Decision(DecisionRow {
+        event_id,
+        policy: spec.id.clone(),
+        policy_version: spec.version as i32,
+        model_version: decision.model_version as i64,
+        decided_at: now,
+        context: serde_json::to_value(&body.context).unwrap_or_default(),
+        actions: (spec.mode == Mode::Shared)
+            .then(|| serde_json::to_value(&body.actions).unwrap_or_default()),
+        candidates: serde_json::Value::Array(
+            ids.iter()
+                .zip(&decision.probabilities)
+                .map(|(id, p)| json!({"id": id, "probability": p}))
+                .collect(),
+        ),
+        action: response.action.clone(),
+        probability: response.probability,
+        slate: (k > 1).then(|| serde_json::to_value(&response.ranking[..k]).unwrap_or_default()),
+        deferred: body.defer,
+        degraded,
+    }));
+    state
+        .metrics
+        .latency
+        .with_label_values(&["decide"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(response_json))
+}
+
+/// The slate in order with its position probabilities, then every other
+/// candidate by decreasing first-choice probability (ties in request order).
+fn ranking(decision: &Decision, ids: &[&str]) -> Vec<Ranked> {
+    let mut out: Vec<Ranked> = decision
+        .slate
+        .iter()
+        .map(|s| Ranked {
+            id: ids[s.index].to_string(),
+            probability: s.probability,
+        })
+        .collect();
+    let mut rest: Vec<usize> = (0..ids.len())
+        .filter(|i| !decision.slate.iter().any(|s| s.index == *i))
+        .collect();
+    rest.sort_by(|a, b| decision.probabilities[*b].total_cmp(&decision.probabilities[*a]));
+    out.extend(rest.into_iter().map(|i| Ranked {
+        id: ids[i].to_string(),
+        probability: decision.probabilities[i],
+    }));
+    out
+}

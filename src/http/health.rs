@@ -1,0 +1,64 @@
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+use super::AppState;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready: checks the store (a ping) and the log. Answers 200 in both cases,
+/// `"ready"` or `"degraded"` with the reasons: a degraded replica still
+/// decides correctly (from its last model), so it must stay in rotation.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready or degraded, with reasons")))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.ping().await;
+    state.store_result("ping", &store);
+    let mut reasons = Vec::new();
+    if let Err(e) = &store {
+        reasons.push(format!(
+            "model store ({}) unreachable: {e}",
+            state.store.kind()
+        ));
+    }
+    if !state.log.db_healthy() {
+        reasons.push(format!(
+            "decision log database unreachable; spooling ({} bytes)",
+            state.log.spool_bytes()
+        ));
+    }
+    let status = if reasons.is_empty() {
+        "ready"
+    } else {
+        "degraded"
+    };
+    HttpResponse::Ok().json(json!({
+        "status": status,
+        "reasons": reasons,
+        "store": state.store.kind(),
+        "store_ok": store.is_ok() && state.store_healthy.load(Ordering::Relaxed),
+        "log_ok": state.log.db_healthy(),
+        "log_queue": state.log.queue_depth(),
+        "log_spool_bytes": state.log.spool_bytes(),
+    }))
+}
+
+/// Prometheus text metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    m.log_queue_depth.set(state.log.queue_depth() as i64);
+    m.log_spool_bytes.set(state.log.spool_bytes() as i64);
+    for (id, rt) in &state.policies {
+        m.model_version
+            .with_label_values(&[id])
+            .set(rt.model().version() as i64);
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(m.render())
+}

@@ -1,0 +1,232 @@
+//! The HTTP API: one file per route group, one error shape
+//! ([`error::ApiError`]). Handlers parse and validate the request, call the
+//! policy engine and the store, queue log records, and answer; none of them
+//! awaits the database.
+
+pub mod decide;
+pub mod error;
+pub mod health;
+pub mod openapi;
+pub mod policies;
+pub mod reward;
+
+use crate::config::Settings;
+use crate::log::DecisionLog;
+use crate::metrics::Metrics;
+use crate::runtime::PolicyRuntime;
+use crate::store::Store;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use error::ApiError;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use subtle::ConstantTimeEq;
+
+/// Everything a handler needs, shared by all workers.
+pub struct AppState {
+    /// Live policies by id.
+    pub policies: BTreeMap<String, Arc<PolicyRuntime>>,
+    /// The model store.
+    pub store: Store,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings (limits, admin token).
+    pub settings: Settings,
+    /// False after a store call failed, true again after one succeeded.
+    pub store_healthy: AtomicBool,
+}
+
+impl AppState {
+    /// The runtime of `id`, or 404 `unknown_policy` naming `field`.
+    pub fn policy(&self, id: &str, field: &str) -> Result<&Arc<PolicyRuntime>, ApiError> {
+        self.policies.get(id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_policy",
+                format!("no policy {id:?}"),
+            )
+            .at(field)
+        })
+    }
+
+    /// Records the outcome of a store call for `/readyz` and the metrics.
+    pub fn store_result<T, E: std::fmt::Display>(&self, op: &str, r: &Result<T, E>) {
+        match r {
+            Ok(_) => self.store_healthy.store(true, Ordering::Relaxed),
+            Err(e) => {
+                self.store_healthy.store(false, Ordering::Relaxed);
+                self.metrics.store_errors.with_label_values(&[op]).inc();
+                tracing::warn!(op, error = %e, "store call failed");
+            }
+        }
+    }
+
+    /// Checks the admin bearer token, in constant time, when one is set.
+    pub fn require_admin(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let Some(token) = &self.settings.admin_token else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs `Authorization: Bearer <admin token>`",
+            )),
+            Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "wrong admin token",
+            )),
+        }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (413 `body_too_large`
+/// beyond, without reading the rest).
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("cannot read body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Parses JSON into `T`, naming the offending field on a type error
+/// (`invalid_field`, with its path) and the position on a syntax error
+/// (`invalid_json`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            let field = if path == "." { None } else { Some(path) };
+            ApiError {
+                field,
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", inner.to_string())
+            }
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", inner.to_string())
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+    Ok(value)
+}
+
+/// Event ids: 1 to 128 characters of `[A-Za-z0-9_.:-]` — safe in keys,
+/// logs and URLs.
+pub fn check_event_id(id: &str, field: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_event_id",
+            field,
+            "event ids are 1 to 128 characters of [A-Za-z0-9_.:-]",
+        ))
+    }
+}
+
+/// Wires every route. Unknown routes and wrong methods answer the JSON
+/// error shape too.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let method = || web::to(method_not_allowed);
+    cfg.service(
+        web::resource("/v1/decide")
+            .route(web::post().to(decide::decide))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/v1/reward")
+            .route(web::post().to(reward::reward))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/v1/events/{event_id}/activate")
+            .route(web::post().to(reward::activate))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/v1/policies")
+            .route(web::get().to(policies::list))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/v1/policies/{id}")
+            .route(web::get().to(policies::describe))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/v1/policies/{id}/reset")
+            .route(web::post().to(policies::reset))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/healthz")
+            .route(web::get().to(health::healthz))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(health::readyz))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(health::metrics))
+            .default_service(method()),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::document))
+            .default_service(method()),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", req.method(), req.path()),
+    ))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}

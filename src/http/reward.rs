@@ -1,0 +1,286 @@
+//! `POST /v1/reward` and `POST /v1/events/{event_id}/activate`.
+
+use super::error::ApiError;
+use super::{AppState, check_event_id, parse_json, read_body};
+use crate::log::{ActivationRow, LogRecord, RewardRow};
+use crate::policy::RewardError;
+use crate::runtime::PolicyRuntime;
+use crate::store::{ActivateOutcome, RewardOutcome};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::ToSchema;
+
+/// A reward for an earlier decision: a number, or named outcome signals
+/// that the policy's reward function turns into one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardBody {
+    /// The decision's event id.
+    pub event_id: String,
+    /// The reward (exclusive with `signals`).
+    pub reward: Option<f64>,
+    /// Named signals, e.g. `{"opened": 1, "dwell_seconds": 12.5}`.
+    pub signals: Option<BTreeMap<String, f64>>,
+    /// For slates: which ranked action is rewarded (default: the first).
+    pub action: Option<String>,
+    /// The policy, if the caller knows it (saves a lookup).
+    pub policy: Option<String>,
+}
+
+/// Accepted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// The event id.
+    pub event_id: String,
+    /// `learned` (applied now), `accumulated` (summed until the window
+    /// closes) or `activated`.
+    pub status: String,
+}
+
+fn unknown_event(event_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_event",
+        format!("no open decision {event_id:?} (never made, window closed, or forgotten)"),
+    )
+    .at("event_id")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the model store is unavailable, retry later: {e}"),
+    )
+}
+
+/// The policy of `event_id`: the one named in the request, or the store's.
+async fn resolve(
+    state: &AppState,
+    event_id: &str,
+    named: Option<&str>,
+) -> Result<Arc<PolicyRuntime>, ApiError> {
+    if let Some(p) = named {
+        return state.policy(p, "policy").cloned();
+    }
+    let found = state.store.event_policy(event_id).await;
+    state.store_result("event_policy", &found);
+    match found.map_err(unavailable)? {
+        Some(p) => state.policy(&p, "policy").cloned(),
+        None => Err(unknown_event(event_id)),
+    }
+}
+
+fn reward_error(e: RewardError, signals: bool) -> ApiError {
+    let field = match &e {
+        RewardError::UnknownSignal(name) | RewardError::NotFinite(name) if signals => {
+            format!("signals.{name}")
+        }
+        _ if signals => "signals".to_string(),
+        _ => "reward".to_string(),
+    };
+    let code = match e {
+        RewardError::UnknownSignal(_) => "unknown_signal",
+        RewardError::OutOfRange { .. } => "reward_out_of_range",
+        RewardError::NotFinite(_) => "invalid_field",
+    };
+    ApiError::field(code, field, e.to_string())
+}
+
+/// `POST /v1/reward`.
+#[utoipa::path(
+    post,
+    path = "/v1/reward",
+    request_body = RewardBody,
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 400, description = "Invalid reward", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown or expired event", body = super::error::ErrorBody),
+        (status = 409, description = "Already rewarded, or not activated", body = super::error::ErrorBody),
+        (status = 503, description = "Model store unavailable", body = super::error::ErrorBody),
+    )
+)]
+pub async fn reward(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(payload, state.settings.max_body_bytes).await?;
+    let body: RewardBody = parse_json(&body)?;
+    check_event_id(&body.event_id, "event_id")?;
+    let runtime = resolve(&state, &body.event_id, body.policy.as_deref()).await?;
+    let spec = runtime.policy.spec();
+    let (value, kind) = match (body.reward, &body.signals) {
+        (Some(r), None) => (
+            spec.reward.check(r).map_err(|e| reward_error(e, false))?,
+            "reward",
+        ),
+        (None, Some(signals)) => {
+            let r = spec
+                .reward
+                .from_signals(signals.iter().map(|(k, v)| (k.as_str(), *v)))
+                .map_err(|e| reward_error(e, true))?;
+            (r, "signals")
+        }
+        _ => {
+            return Err(ApiError::field(
+                "invalid_field",
+                "reward",
+                "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
+            ));
+        }
+    };
+    let now = chrono::Utc::now();
+    let outcome = state
+        .store
+        .reward(
+            runtime.id(),
+            &body.event_id,
+            body.action.as_deref(),
+            value,
+            &runtime.rules,
+            now.timestamp_millis(),
+        )
+        .await;
+    state.store_result("reward", &outcome);
+    let status = match outcome.map_err(unavailable)? {
+        RewardOutcome::Learned => "learned",
+        RewardOutcome::Accumulated => "accumulated",
+        RewardOutcome::UnknownEvent | RewardOutcome::Expired => {
+            return Err(unknown_event(&body.event_id));
+        }
+        RewardOutcome::AlreadyRewarded => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_rewarded",
+                "this decision was already rewarded (the policy learns the first reward)",
+            )
+            .at("event_id"));
+        }
+        RewardOutcome::NotActivated => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_activated",
+                "a deferred decision takes rewards only after it is activated",
+            )
+            .at("event_id"));
+        }
+        RewardOutcome::UnknownAction => {
+            return Err(ApiError::field(
+                "unknown_action",
+                "action",
+                "this action is not in the decision's slate",
+            ));
+        }
+    };
+    state
+        .metrics
+        .rewards
+        .with_label_values(&[runtime.id(), kind])
+        .inc();
+    state.log.record(LogRecord::Reward(RewardRow {
+        reward_id: uuid::Uuid::now_v7(),
+        event_id: body.event_id.clone(),
+        policy: runtime.id().to_string(),
+        action: body.action.clone().unwrap_or_default(),
+        reward: value,
+        signals: body
+            .signals
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        is_default: false,
+        received_at: now,
+    }));
+    state
+        .metrics
+        .latency
+        .with_label_values(&["reward"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(HttpResponse::Accepted().json(Accepted {
+        event_id: body.event_id,
+        status: status.into(),
+    }))
+}
+
+/// Optional body of an activation.
+#[derive(Debug, Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    /// The policy, if the caller knows it.
+    pub policy: Option<String>,
+}
+
+/// `POST /v1/events/{event_id}/activate`.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{event_id}/activate",
+    params(("event_id" = String, Path, description = "The deferred decision's event id")),
+    request_body(content = ActivateBody, description = "Optional"),
+    responses(
+        (status = 200, description = "Activated (or already active)", body = Accepted),
+        (status = 404, description = "Unknown event", body = super::error::ErrorBody),
+        (status = 409, description = "Not deferred, or activation window over", body = super::error::ErrorBody),
+        (status = 503, description = "Model store unavailable", body = super::error::ErrorBody),
+    )
+)]
+pub async fn activate(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let event_id = path.into_inner();
+    check_event_id(&event_id, "event_id")?;
+    let body = read_body(payload, state.settings.max_body_bytes).await?;
+    let body: ActivateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActivateBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let runtime = resolve(&state, &event_id, body.policy.as_deref()).await?;
+    let now = chrono::Utc::now();
+    let outcome = state
+        .store
+        .activate(
+            runtime.id(),
+            &event_id,
+            &runtime.rules,
+            now.timestamp_millis(),
+        )
+        .await;
+    state.store_result("activate", &outcome);
+    match outcome.map_err(unavailable)? {
+        ActivateOutcome::Activated => {
+            state.log.record(LogRecord::Activation(ActivationRow {
+                event_id: event_id.clone(),
+                policy: runtime.id().to_string(),
+                activated_at: now,
+            }));
+        }
+        ActivateOutcome::AlreadyActive => {}
+        ActivateOutcome::UnknownEvent => return Err(unknown_event(&event_id)),
+        ActivateOutcome::NotDeferred => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_deferred",
+                "this decision was not made with `defer`; it is active already",
+            )
+            .at("event_id"));
+        }
+        ActivateOutcome::Expired => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "activation_expired",
+                "the decision was not activated within its window and will not be learned",
+            )
+            .at("event_id"));
+        }
+    }
+    Ok(HttpResponse::Ok().json(Accepted {
+        event_id,
+        status: "activated".into(),
+    }))
+}

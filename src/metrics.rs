@@ -1,0 +1,122 @@
+//! Prometheus metrics of the service, registered in one registry that
+//! `GET /metrics` renders.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the service exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `nudge_decisions_total{policy, action}` (shared-mode actions are
+    /// caller ids of unbounded cardinality: counted as `action="*"`).
+    pub decisions: IntCounterVec,
+    /// `nudge_rewards_total{policy, kind}`: `kind` is `reward` or `signals`.
+    pub rewards: IntCounterVec,
+    /// `nudge_default_rewards_total{policy}`: windows closed without reward.
+    pub default_rewards: IntCounterVec,
+    /// `nudge_dropped_deferred_total{policy}`: deferred decisions never
+    /// activated.
+    pub dropped_deferred: IntCounterVec,
+    /// `nudge_request_seconds{route}`: handler latency.
+    pub latency: HistogramVec,
+    /// `nudge_store_errors_total{op}`.
+    pub store_errors: IntCounterVec,
+    /// `nudge_skipped_entries_total{policy}`: learned entries or snapshots
+    /// that did not fit the policy's model.
+    pub skipped_entries: IntCounterVec,
+    /// `nudge_model_version{policy}` of this replica's local model.
+    pub model_version: IntGaugeVec,
+    /// `nudge_log_queue_depth`.
+    pub log_queue_depth: IntGauge,
+    /// `nudge_log_spool_bytes`.
+    pub log_spool_bytes: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let latency = HistogramVec::new(
+            HistogramOpts::new("nudge_request_seconds", "Request handling time")
+                .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
+        let model_version = IntGaugeVec::new(
+            Opts::new("nudge_model_version", "Local model version"),
+            &["policy"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(model_version.clone()))
+            .expect("unique metric");
+        Metrics {
+            decisions: counter(
+                "nudge_decisions_total",
+                "Decisions made",
+                &["policy", "action"],
+            ),
+            rewards: counter(
+                "nudge_rewards_total",
+                "Rewards accepted",
+                &["policy", "kind"],
+            ),
+            default_rewards: counter(
+                "nudge_default_rewards_total",
+                "Default rewards applied when a window closed",
+                &["policy"],
+            ),
+            dropped_deferred: counter(
+                "nudge_dropped_deferred_total",
+                "Deferred decisions never activated",
+                &["policy"],
+            ),
+            store_errors: counter("nudge_store_errors_total", "Failed store calls", &["op"]),
+            skipped_entries: counter(
+                "nudge_skipped_entries_total",
+                "Learned entries or snapshots that did not fit the model",
+                &["policy"],
+            ),
+            log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
+            log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),
+            latency,
+            model_version,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,214 @@
+//! Building and running the service from [`Settings`]: everything a test
+//! needs to start its own instance on port 0.
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::log::{DecisionLog, LogSettings};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError, load_paths};
+use crate::runtime::PolicyRuntime;
+use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Policy files failed validation (every error is listed).
+    #[error("invalid policy files:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Policies(Vec<PolicyError>),
+    /// No policy file was found.
+    #[error("no policy files under {0}")]
+    NoPolicies(String),
+    /// The store could not be set up (a malformed URL).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The decision log could not be set up.
+    #[error("decision log: {0}")]
+    Log(String),
+    /// Binding the listener failed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Loads the policies, connects the store and the log, binds the
+    /// listener (`bind` may use port 0) and starts the learner tasks.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let (specs, errors) = load_paths(std::slice::from_ref(&settings.policies));
+        if !errors.is_empty() {
+            return Err(StartupError::Policies(errors));
+        }
+        if specs.is_empty() {
+            return Err(StartupError::NoPolicies(
+                settings.policies.display().to_string(),
+            ));
+        }
+        let retention = Duration::from_secs(settings.retention_secs);
+        let policies: BTreeMap<String, Arc<PolicyRuntime>> = specs
+            .into_iter()
+            .map(|spec| {
+                (
+                    spec.id.clone(),
+                    Arc::new(PolicyRuntime::new(Policy::new(spec), retention)),
+                )
+            })
+            .collect();
+        let store = match &settings.redis_url {
+            Some(url) => Store::Redis(RedisStore::new(
+                url,
+                &settings.redis_prefix,
+                settings.store_timeout(),
+            )?),
+            None => Store::Memory(MemoryStore::new()),
+        };
+        let log = DecisionLog::start(&LogSettings {
+            database_url: settings.database_url.clone(),
+            data_dir: settings.data_dir.clone(),
+            batch_size: settings.log_batch_size,
+            flush_interval: Duration::from_millis(settings.log_flush_ms),
+            queue_capacity: settings.log_queue,
+            migrate: settings.migrate,
+        })
+        .await
+        .map_err(|e| StartupError::Log(e.to_string()))?;
+        let metrics = Metrics::new();
+        let state = web::Data::new(AppState {
+            policies,
+            store,
+            log,
+            metrics,
+            settings: settings.clone(),
+            store_healthy: AtomicBool::new(true),
+        });
+        // Load the shared models before taking traffic (best effort: a store
+        // that is down only means starting from the prior, degraded).
+        for rt in state.policies.values() {
+            let synced = rt.sync(&state.store, &state.metrics).await;
+            state.store_result("sync", &synced);
+        }
+
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?
+            .port();
+        let data = state.clone();
+        let mut server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
+                .listen(listener)
+                .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?
+                .shutdown_timeout(30);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server.run();
+
+        let (stop, stopped) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(learner(state.clone(), stopped.clone())),
+            tokio::spawn(sweeper(state.clone(), stopped)),
+        ];
+        tracing::info!(
+            port,
+            store = state.store.kind(),
+            policies = state.policies.len(),
+            "nudge listening"
+        );
+        Ok(Application {
+            server,
+            port,
+            state,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server gracefully (what SIGTERM does).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped (SIGTERM/SIGINT or the handle), then drains:
+    /// in-flight requests finish, the learner folds and snapshots what it
+    /// has, and the log flushes its queue.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for rt in self.state.policies.values() {
+            let _ = rt.sync(&self.state.store, &self.state.metrics).await;
+            let _ = rt.snapshot(&self.state.store, Duration::ZERO, true).await;
+        }
+        self.state.log.shutdown().await;
+        tracing::info!("nudge stopped");
+        served
+    }
+}
+
+/// Folds learned rewards into every local model every `sync_ms`, and saves
+/// snapshots every `snapshot_ms`.
+async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.settings.sync_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = Duration::from_millis(state.settings.snapshot_ms);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for rt in state.policies.values() {
+            let synced = rt.sync(&state.store, &state.metrics).await;
+            if synced.is_err() {
+                state.store_result("sync", &synced);
+                continue;
+            }
+            let saved = rt.snapshot(&state.store, every, false).await;
+            if saved.is_err() {
+                state.store_result("snapshot", &saved);
+            }
+        }
+    }
+}
+
+/// Closes due reward windows every `sweep_ms`.
+async fn sweeper(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.settings.sweep_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for rt in state.policies.values() {
+            let swept = rt.sweep(&state.store, &state.log, &state.metrics).await;
+            if swept.is_err() {
+                state.store_result("sweep", &swept);
+            }
+        }
+    }
+}

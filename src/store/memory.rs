@@ -1,0 +1,345 @@
+//! The embedded store: the same semantics as the Redis store, in-process.
+//! One mutex guards everything; every operation is short and never awaits
+//! while holding it.
+
+use super::{
+    ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
+    StoreError, StreamId, SweepResult, SyncBatch,
+};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug)]
+struct SlotState {
+    learned: bool,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug)]
+struct Event {
+    record: EventRecord,
+    state: Vec<SlotState>,
+    activated: bool,
+    /// Forgotten after this (unix ms).
+    expires_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct PolicyData {
+    events: HashMap<String, Event>,
+    due: BTreeSet<(i64, String)>,
+    stream: VecDeque<LearnedEntry>,
+    next_seq: u64,
+    snapshot_blob: Option<Vec<u8>>,
+    snapshot_cursor: StreamId,
+    epoch: u64,
+}
+
+impl PolicyData {
+    fn append(&mut self, event_id: &str, slot: usize, reward: f64, is_default: bool) {
+        self.next_seq += 1;
+        let id = StreamId {
+            ms: 0,
+            seq: self.next_seq,
+        };
+        let event = &self.events[event_id];
+        let s = &event.record.slots[slot];
+        let entry = LearnedEntry {
+            id,
+            event_id: event_id.to_string(),
+            action: s.action.clone(),
+            arm: s.arm,
+            x: s.x.clone(),
+            reward,
+            is_default,
+        };
+        self.stream.push_back(entry);
+    }
+
+    /// Forgets events past their retention, as Redis key expiry would.
+    fn live(&mut self, event_id: &str, now_ms: i64) -> Option<&mut Event> {
+        if self
+            .events
+            .get(event_id)
+            .is_some_and(|e| e.expires_ms <= now_ms)
+        {
+            self.events.remove(event_id);
+        }
+        self.events.get_mut(event_id)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    policies: HashMap<String, PolicyData>,
+    index: HashMap<String, (String, i64)>,
+}
+
+/// In-process store (the embedded default).
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way later calls trip over: continue with the data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) async fn record(
+        &self,
+        policy: &str,
+        event: &EventRecord,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<Recorded, StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        if let Some(existing) = data.live(&event.event_id, now_ms) {
+            return Ok(Recorded::Existing(existing.record.response.clone()));
+        }
+        let expires_ms = event.deadline_ms + rules.retention_ms;
+        data.due.insert((event.deadline_ms, event.event_id.clone()));
+        data.events.insert(
+            event.event_id.clone(),
+            Event {
+                state: event
+                    .slots
+                    .iter()
+                    .map(|_| SlotState {
+                        learned: false,
+                        sum: 0.0,
+                        count: 0,
+                    })
+                    .collect(),
+                record: event.clone(),
+                activated: false,
+                expires_ms,
+            },
+        );
+        inner
+            .index
+            .insert(event.event_id.clone(), (policy.to_string(), expires_ms));
+        Ok(Recorded::New)
+    }
+
+    pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.index.get(event_id).map(|(p, _)| p.clone()))
+    }
+
+    pub(super) async fn reward(
+        &self,
+        policy: &str,
+        event_id: &str,
+        action: Option<&str>,
+        reward: f64,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<RewardOutcome, StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        let Some(event) = data.live(event_id, now_ms) else {
+            return Ok(RewardOutcome::UnknownEvent);
+        };
+        if event.record.deferred && !event.activated {
+            return Ok(RewardOutcome::NotActivated);
+        }
+        let slot = match action {
+            None => 0,
+            Some(a) => match event.record.slots.iter().position(|s| s.action == a) {
+                Some(i) => i,
+                None => return Ok(RewardOutcome::UnknownAction),
+            },
+        };
+        if now_ms > event.record.deadline_ms {
+            return Ok(RewardOutcome::Expired);
+        }
+        let state = &mut event.state[slot];
+        if state.learned {
+            return Ok(RewardOutcome::AlreadyRewarded);
+        }
+        if rules.sum {
+            state.sum += reward;
+            state.count += 1;
+            return Ok(RewardOutcome::Accumulated);
+        }
+        state.learned = true;
+        data.append(event_id, slot, reward, false);
+        Ok(RewardOutcome::Learned)
+    }
+
+    pub(super) async fn activate(
+        &self,
+        policy: &str,
+        event_id: &str,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<ActivateOutcome, StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        let Some(event) = data.live(event_id, now_ms) else {
+            return Ok(ActivateOutcome::UnknownEvent);
+        };
+        if !event.record.deferred {
+            return Ok(ActivateOutcome::NotDeferred);
+        }
+        if event.activated {
+            return Ok(ActivateOutcome::AlreadyActive);
+        }
+        if now_ms > event.record.deadline_ms {
+            return Ok(ActivateOutcome::Expired);
+        }
+        let old = event.record.deadline_ms;
+        let deadline = now_ms + rules.window_ms;
+        event.activated = true;
+        event.record.deadline_ms = deadline;
+        event.expires_ms = deadline + rules.retention_ms;
+        let expires = event.expires_ms;
+        data.due.remove(&(old, event_id.to_string()));
+        data.due.insert((deadline, event_id.to_string()));
+        if let Some(entry) = inner.index.get_mut(event_id) {
+            entry.1 = expires;
+        }
+        Ok(ActivateOutcome::Activated)
+    }
+
+    pub(super) async fn sweep(
+        &self,
+        policy: &str,
+        rules: &RewardRules,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<SweepResult, StoreError> {
+        let mut inner = self.lock();
+        let mut result = SweepResult::default();
+        let mut forgotten = Vec::new();
+        {
+            let data = inner.policies.entry(policy.to_string()).or_default();
+            let due: Vec<(i64, String)> = data
+                .due
+                .iter()
+                .take_while(|(deadline, _)| *deadline <= now_ms)
+                .take(limit)
+                .cloned()
+                .collect();
+            for key in due {
+                data.due.remove(&key);
+                let event_id = key.1;
+                let Some(event) = data.live(&event_id, now_ms) else {
+                    continue;
+                };
+                if event.record.deferred && !event.activated {
+                    result.dropped.push(event_id);
+                    continue;
+                }
+                let mut to_learn = Vec::new();
+                for (slot, state) in event.state.iter_mut().enumerate() {
+                    if state.learned {
+                        continue;
+                    }
+                    state.learned = true;
+                    let (reward, is_default) = if rules.sum && state.count > 0 {
+                        (state.sum, false)
+                    } else {
+                        (rules.default_reward, true)
+                    };
+                    to_learn.push((slot, reward, is_default));
+                }
+                for (slot, reward, is_default) in to_learn {
+                    let action = data.events[&event_id].record.slots[slot].action.clone();
+                    data.append(&event_id, slot, reward, is_default);
+                    result
+                        .learned
+                        .push((event_id.clone(), action, reward, is_default));
+                }
+            }
+            // Expire closed events past retention, as Redis would.
+            data.events.retain(|id, e| {
+                let keep = e.expires_ms > now_ms;
+                if !keep {
+                    forgotten.push(id.clone());
+                }
+                keep
+            });
+        }
+        for id in forgotten {
+            inner.index.remove(&id);
+        }
+        Ok(result)
+    }
+
+    pub(super) async fn sync(
+        &self,
+        policy: &str,
+        epoch: Option<u64>,
+        cursor: StreamId,
+        limit: usize,
+    ) -> Result<SyncBatch, StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        let reload = epoch != Some(data.epoch) || data.snapshot_cursor > cursor;
+        let from = if reload { data.snapshot_cursor } else { cursor };
+        let entries = data
+            .stream
+            .iter()
+            .filter(|e| e.id > from)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(SyncBatch {
+            epoch: data.epoch,
+            snapshot: reload.then(|| Snapshot {
+                blob: data.snapshot_blob.clone(),
+                cursor: data.snapshot_cursor,
+            }),
+            entries,
+        })
+    }
+
+    pub(super) async fn save_snapshot(
+        &self,
+        policy: &str,
+        epoch: u64,
+        blob: &[u8],
+        cursor: StreamId,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        if data.epoch != epoch || cursor <= data.snapshot_cursor {
+            return Ok(false);
+        }
+        data.snapshot_blob = Some(blob.to_vec());
+        data.snapshot_cursor = cursor;
+        data.stream.retain(|e| e.id >= cursor);
+        Ok(true)
+    }
+
+    pub(super) async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let data = inner.policies.entry(policy.to_string()).or_default();
+        let last = data.stream.back().map_or(data.snapshot_cursor, |e| e.id);
+        data.epoch += 1;
+        data.snapshot_blob = Some(blob.to_vec());
+        data.snapshot_cursor = last;
+        data.stream.retain(|e| e.id >= last);
+        Ok(())
+    }
+
+    pub(super) async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
+        let inner = self.lock();
+        Ok(inner.policies.get(policy).map_or(0, |d| d.due.len() as u64))
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

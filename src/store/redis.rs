@@ -1,0 +1,396 @@
+//! The Redis store. Each operation is one Lua script (atomic on the server);
+//! every key of a policy carries the hash tag `{<policy>}` so a policy lives
+//! in one Redis Cluster slot. Key layout, with prefix `P`:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `P:{pid}:ev:<event>` | hash | a pending event (slots, deadline, flags, response) |
+//! | `P:{pid}:due` | zset | event ids by reward deadline |
+//! | `P:{pid}:learned` | stream | entries to learn, in order |
+//! | `P:{pid}:snap` | hash | `blob`, `cursor`, `epoch` |
+//! | `P:event:<event>` | string | the policy of an event (rewards name only the event) |
+//!
+//! Policy and event ids are validated to `[A-Za-z0-9_.:-]` before they reach
+//! a key, so no input can break out of its key (no braces, no spaces).
+//! Nothing is built as a command string: keys and values travel as
+//! separate protocol arguments.
+
+use super::{
+    ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
+    StoreError, StreamId, SweepResult, SyncBatch, decode_vector, encode_vector,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Scripts {
+    record: Script,
+    reward: Script,
+    activate: Script,
+    sweep: Script,
+    sync: Script,
+    snapshot: Script,
+    reset: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("lua/common.lua")))
+}
+
+/// Redis-backed store (production).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+impl RedisStore {
+    /// A store on `url` with keys under `prefix`. Connects lazily (and
+    /// reconnects by itself), so a Redis that is down at start only degrades
+    /// the service; every call is bounded by `timeout`.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.into(),
+            timeout,
+            scripts: Arc::new(Scripts {
+                record: script(include_str!("lua/record.lua")),
+                reward: script(include_str!("lua/reward.lua")),
+                activate: script(include_str!("lua/activate.lua")),
+                sweep: script(include_str!("lua/sweep.lua")),
+                sync: script(include_str!("lua/sync.lua")),
+                snapshot: script(include_str!("lua/snapshot.lua")),
+                reset: script(include_str!("lua/reset.lua")),
+            }),
+        })
+    }
+
+    fn key(&self, policy: &str, what: &str) -> String {
+        format!("{}:{{{policy}}}:{what}", self.prefix)
+    }
+
+    fn event_key(&self, policy: &str, event_id: &str) -> String {
+        format!("{}:{{{policy}}}:ev:{event_id}", self.prefix)
+    }
+
+    fn index_key(&self, event_id: &str) -> String {
+        format!("{}:event:{event_id}", self.prefix)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    pub(super) async fn record(
+        &self,
+        policy: &str,
+        event: &EventRecord,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<Recorded, StoreError> {
+        let ttl = (event.deadline_ms - now_ms).max(1) + rules.retention_ms;
+        let mut inv = self.scripts.record.prepare_invoke();
+        inv.key(self.event_key(policy, &event.event_id))
+            .key(self.key(policy, "due"))
+            .arg(&event.event_id)
+            .arg(event.deadline_ms)
+            .arg(ttl)
+            .arg(u8::from(event.deferred))
+            .arg(&event.response)
+            .arg(event.slots.len());
+        for s in &event.slots {
+            inv.arg(&s.action).arg(s.arm).arg(encode_vector(&s.x));
+        }
+        let existing: Option<String> = self.run(&inv).await?;
+        if let Some(response) = existing {
+            return Ok(Recorded::Existing(response));
+        }
+        // The index lives outside the policy's slot; written after the
+        // event, so an index entry always points at a stored event.
+        let mut set = redis::cmd("SET");
+        set.arg(self.index_key(&event.event_id))
+            .arg(policy)
+            .arg("PX")
+            .arg(ttl);
+        let () = self.cmd(&set).await?;
+        Ok(Recorded::New)
+    }
+
+    pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        self.cmd(redis::cmd("GET").arg(self.index_key(event_id)))
+            .await
+    }
+
+    pub(super) async fn reward(
+        &self,
+        policy: &str,
+        event_id: &str,
+        action: Option<&str>,
+        reward: f64,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<RewardOutcome, StoreError> {
+        let mut inv = self.scripts.reward.prepare_invoke();
+        inv.key(self.event_key(policy, event_id))
+            .key(self.key(policy, "learned"))
+            .arg(event_id)
+            .arg(action.unwrap_or(""))
+            .arg(format_f64(reward))
+            .arg(u8::from(rules.sum))
+            .arg(now_ms);
+        let outcome: String = self.run(&inv).await?;
+        Ok(match outcome.as_str() {
+            "learned" => RewardOutcome::Learned,
+            "accumulated" => RewardOutcome::Accumulated,
+            "unknown_event" => RewardOutcome::UnknownEvent,
+            "expired" => RewardOutcome::Expired,
+            "already_rewarded" => RewardOutcome::AlreadyRewarded,
+            "not_activated" => RewardOutcome::NotActivated,
+            "unknown_action" => RewardOutcome::UnknownAction,
+            other => return Err(StoreError::Corrupt(format!("reward script said {other:?}"))),
+        })
+    }
+
+    pub(super) async fn activate(
+        &self,
+        policy: &str,
+        event_id: &str,
+        rules: &RewardRules,
+        now_ms: i64,
+    ) -> Result<ActivateOutcome, StoreError> {
+        let mut inv = self.scripts.activate.prepare_invoke();
+        inv.key(self.event_key(policy, event_id))
+            .key(self.key(policy, "due"))
+            .arg(event_id)
+            .arg(now_ms)
+            .arg(rules.window_ms)
+            .arg(rules.retention_ms);
+        let outcome: String = self.run(&inv).await?;
+        let result = match outcome.as_str() {
+            "activated" => ActivateOutcome::Activated,
+            "already_active" => ActivateOutcome::AlreadyActive,
+            "not_deferred" => ActivateOutcome::NotDeferred,
+            "unknown_event" => ActivateOutcome::UnknownEvent,
+            "expired" => ActivateOutcome::Expired,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "activate script said {other:?}"
+                )));
+            }
+        };
+        if result == ActivateOutcome::Activated {
+            let ttl = rules.window_ms + rules.retention_ms;
+            let () = self
+                .cmd(redis::cmd("PEXPIRE").arg(self.index_key(event_id)).arg(ttl))
+                .await
+                .map(|_: i64| ())?;
+        }
+        Ok(result)
+    }
+
+    pub(super) async fn sweep(
+        &self,
+        policy: &str,
+        rules: &RewardRules,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<SweepResult, StoreError> {
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        inv.key(self.key(policy, "due"))
+            .key(self.key(policy, "learned"))
+            .arg(now_ms)
+            .arg(limit)
+            .arg(self.event_key(policy, ""))
+            .arg(format_f64(rules.default_reward))
+            .arg(u8::from(rules.sum));
+        let rows: Vec<(String, String, String, String)> = self.run(&inv).await?;
+        let mut result = SweepResult::default();
+        for (event, action, reward, flag) in rows {
+            if flag == "dropped" {
+                result.dropped.push(event);
+                continue;
+            }
+            let reward = parse_f64(&reward)?;
+            result.learned.push((event, action, reward, flag == "1"));
+        }
+        Ok(result)
+    }
+
+    pub(super) async fn sync(
+        &self,
+        policy: &str,
+        epoch: Option<u64>,
+        cursor: StreamId,
+        limit: usize,
+    ) -> Result<SyncBatch, StoreError> {
+        let mut inv = self.scripts.sync.prepare_invoke();
+        inv.key(self.key(policy, "snap"))
+            .key(self.key(policy, "learned"))
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
+            .arg(cursor.to_string())
+            .arg(limit);
+        let value: Value = self.run(&inv).await?;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("sync reply: {what}"));
+        let Value::Array(parts) = value else {
+            return Err(corrupt("not an array"));
+        };
+        let [epoch, snap_cursor, blob, entries]: [Value; 4] =
+            parts.try_into().map_err(|_| corrupt("expected 4 parts"))?;
+        let epoch: u64 = text(&epoch)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt("epoch"))?;
+        let snapshot = match (snap_cursor, blob) {
+            (Value::Nil, _) => None,
+            (c, b) => Some(Snapshot {
+                cursor: text(&c).ok_or_else(|| corrupt("cursor"))?.parse()?,
+                blob: match b {
+                    Value::BulkString(bytes) if !bytes.is_empty() => Some(bytes),
+                    _ => None,
+                },
+            }),
+        };
+        let Value::Array(raw) = entries else {
+            return Err(corrupt("entries"));
+        };
+        let entries = raw.into_iter().map(parse_entry).collect::<Result<_, _>>()?;
+        Ok(SyncBatch {
+            epoch,
+            snapshot,
+            entries,
+        })
+    }
+
+    pub(super) async fn save_snapshot(
+        &self,
+        policy: &str,
+        epoch: u64,
+        blob: &[u8],
+        cursor: StreamId,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.snapshot.prepare_invoke();
+        inv.key(self.key(policy, "snap"))
+            .key(self.key(policy, "learned"))
+            .arg(blob)
+            .arg(cursor.to_string())
+            .arg(epoch.to_string());
+        let saved: i64 = self.run(&inv).await?;
+        Ok(saved == 1)
+    }
+
+    pub(super) async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
+        let mut inv = self.scripts.reset.prepare_invoke();
+        inv.key(self.key(policy, "snap"))
+            .key(self.key(policy, "learned"))
+            .arg(blob);
+        let _: i64 = self.run(&inv).await?;
+        Ok(())
+    }
+
+    pub(super) async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
+        self.cmd(redis::cmd("ZCARD").arg(self.key(policy, "due")))
+            .await
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.cmd(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+/// Shortest text that parses back to the same f64 (Rust's `Display`).
+fn format_f64(v: f64) -> String {
+    format!("{v}")
+}
+
+fn parse_f64(s: &str) -> Result<f64, StoreError> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| StoreError::Corrupt(format!("bad number {s:?}")))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// `[id, [field, value, …]]` of an XRANGE reply.
+fn parse_entry(v: Value) -> Result<LearnedEntry, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stream entry: {what}"));
+    let Value::Array(parts) = v else {
+        return Err(corrupt("not an array"));
+    };
+    let [id, fields]: [Value; 2] = parts.try_into().map_err(|_| corrupt("shape"))?;
+    let id: StreamId = text(&id).ok_or_else(|| corrupt("id"))?.parse()?;
+    let Value::Array(fields) = fields else {
+        return Err(corrupt("fields"));
+    };
+    let mut entry = LearnedEntry {
+        id,
+        event_id: String::new(),
+        action: String::new(),
+        arm: 0,
+        x: vec![],
+        reward: 0.0,
+        is_default: false,
+    };
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else {
+            return Err(corrupt("odd field list"));
+        };
+        let name = text(name).ok_or_else(|| corrupt("field name"))?;
+        match name.as_str() {
+            "x" => {
+                let Value::BulkString(bytes) = value else {
+                    return Err(corrupt("x"));
+                };
+                entry.x = decode_vector(bytes)?;
+            }
+            other => {
+                let value = text(value).ok_or_else(|| corrupt(other))?;
+                match other {
+                    "e" => entry.event_id = value,
+                    "a" => entry.action = value,
+                    "m" => entry.arm = value.parse().map_err(|_| corrupt("arm"))?,
+                    "r" => entry.reward = parse_f64(&value)?,
+                    "d" => entry.is_default = value == "1",
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(entry)
+}

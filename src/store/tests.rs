@@ -1,0 +1,370 @@
+//! One suite of store semantics, run against both implementations: the
+//! in-process store and a real Redis (127.0.0.1:6379) under a key prefix of
+//! its own.
+
+use super::*;
+
+const T0: i64 = 1_800_000_000_000;
+
+fn rules(sum: bool) -> RewardRules {
+    RewardRules {
+        sum,
+        default_reward: -0.25,
+        window_ms: 1000,
+        retention_ms: 60_000,
+    }
+}
+
+fn event(id: &str, deferred: bool, slots: usize) -> EventRecord {
+    EventRecord {
+        event_id: id.to_string(),
+        slots: (0..slots)
+            .map(|j| Slot {
+                action: format!("act{j}"),
+                arm: j as u32,
+                x: vec![1.0, j as f64, 0.5],
+            })
+            .collect(),
+        deadline_ms: T0 + 1000,
+        deferred,
+        response: format!("{{\"event_id\":\"{id}\"}}"),
+    }
+}
+
+struct Redis {
+    store: Store,
+    prefix: String,
+}
+
+impl Redis {
+    fn new() -> Redis {
+        let prefix = format!("nudge-test-{}", uuid::Uuid::now_v7().simple());
+        let store = RedisStore::new(
+            "redis://127.0.0.1:6379",
+            &prefix,
+            std::time::Duration::from_secs(2),
+        )
+        .expect("redis url");
+        Redis {
+            store: Store::Redis(store),
+            prefix,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // Best effort: remove this test's keys from the shared Redis.
+        if let Ok(client) = ::redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = ::redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+    }
+}
+
+async fn both(test: impl AsyncFn(&Store)) {
+    test(&Store::Memory(MemoryStore::new())).await;
+    let redis = Redis::new();
+    test(&redis.store).await;
+}
+
+#[tokio::test]
+async fn a_retried_decision_returns_the_stored_response() {
+    both(async |s: &Store| {
+        let e = event("e1", false, 1);
+        assert_eq!(
+            s.record("p", &e, &rules(false), T0).await.unwrap(),
+            Recorded::New
+        );
+        let mut retry = e.clone();
+        retry.response = "different".into();
+        assert_eq!(
+            s.record("p", &retry, &rules(false), T0).await.unwrap(),
+            Recorded::Existing(e.response.clone())
+        );
+        assert_eq!(s.event_policy("e1").await.unwrap().as_deref(), Some("p"));
+        assert_eq!(s.event_policy("nope").await.unwrap(), None);
+        assert_eq!(s.pending("p").await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_first_reward_is_learned_once_and_a_second_is_refused() {
+    both(async |s: &Store| {
+        let r = rules(false);
+        s.record("p", &event("e1", false, 2), &r, T0).await.unwrap();
+        let reward = |a: Option<&'static str>, now| s.reward("p", "e1", a, 0.75, &r, now);
+        assert_eq!(reward(None, T0 + 1).await.unwrap(), RewardOutcome::Learned);
+        assert_eq!(
+            reward(None, T0 + 2).await.unwrap(),
+            RewardOutcome::AlreadyRewarded
+        );
+        assert_eq!(
+            reward(Some("act0"), T0 + 2).await.unwrap(),
+            RewardOutcome::AlreadyRewarded
+        );
+        assert_eq!(
+            reward(Some("act1"), T0 + 3).await.unwrap(),
+            RewardOutcome::Learned
+        );
+        assert_eq!(
+            reward(Some("zzz"), T0 + 3).await.unwrap(),
+            RewardOutcome::UnknownAction
+        );
+        let unknown = s.reward("p", "nope", None, 1.0, &r, T0).await.unwrap();
+        assert_eq!(unknown, RewardOutcome::UnknownEvent);
+        s.record("p", &event("late", false, 1), &r, T0)
+            .await
+            .unwrap();
+        let late = s
+            .reward("p", "late", None, 1.0, &r, T0 + 1001)
+            .await
+            .unwrap();
+        assert_eq!(late, RewardOutcome::Expired);
+
+        let batch = s.sync("p", None, StreamId::default(), 100).await.unwrap();
+        assert_eq!(
+            batch.snapshot.as_ref().map(|s| s.blob.is_none()),
+            Some(true)
+        );
+        let learned: Vec<(&str, u32, f64, bool)> = batch
+            .entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.arm, e.reward, e.is_default))
+            .collect();
+        assert_eq!(
+            learned,
+            vec![("act0", 0, 0.75, false), ("act1", 1, 0.75, false)]
+        );
+        assert_eq!(batch.entries[1].x, vec![1.0, 1.0, 0.5]);
+        assert_eq!(batch.entries[0].event_id, "e1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closed_windows_learn_the_sum_or_the_default_exactly_once() {
+    both(async |s: &Store| {
+        let r = rules(true);
+        s.record("p", &event("summed", false, 1), &r, T0)
+            .await
+            .unwrap();
+        s.record("p", &event("silent", false, 2), &r, T0)
+            .await
+            .unwrap();
+        for v in [0.5, 1.25] {
+            let out = s.reward("p", "summed", None, v, &r, T0 + 10).await.unwrap();
+            assert_eq!(out, RewardOutcome::Accumulated);
+        }
+        let early = s.sweep("p", &r, T0 + 999, 100).await.unwrap();
+        assert!(early.learned.is_empty());
+        let swept = s.sweep("p", &r, T0 + 1000, 100).await.unwrap();
+        let mut learned = swept.learned.clone();
+        learned.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        assert_eq!(
+            learned,
+            vec![
+                ("silent".into(), "act0".into(), -0.25, true),
+                ("silent".into(), "act1".into(), -0.25, true),
+                ("summed".into(), "act0".into(), 1.75, false),
+            ]
+        );
+        assert!(
+            s.sweep("p", &r, T0 + 5000, 100)
+                .await
+                .unwrap()
+                .learned
+                .is_empty()
+        );
+        assert_eq!(s.pending("p").await.unwrap(), 0);
+        let after = s
+            .reward("p", "summed", None, 1.0, &r, T0 + 1001)
+            .await
+            .unwrap();
+        assert_eq!(after, RewardOutcome::Expired);
+        let entries = s
+            .sync("p", None, StreamId::default(), 100)
+            .await
+            .unwrap()
+            .entries;
+        assert_eq!(entries.len(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deferred_decisions_are_learned_only_once_activated() {
+    both(async |s: &Store| {
+        let r = rules(false);
+        s.record("p", &event("d1", true, 1), &r, T0).await.unwrap();
+        s.record("p", &event("d2", true, 1), &r, T0).await.unwrap();
+        s.record("p", &event("plain", false, 1), &r, T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.reward("p", "d1", None, 1.0, &r, T0).await.unwrap(),
+            RewardOutcome::NotActivated
+        );
+        assert_eq!(
+            s.activate("p", "plain", &r, T0).await.unwrap(),
+            ActivateOutcome::NotDeferred
+        );
+        assert_eq!(
+            s.activate("p", "nope", &r, T0).await.unwrap(),
+            ActivateOutcome::UnknownEvent
+        );
+        assert_eq!(
+            s.activate("p", "d1", &r, T0 + 500).await.unwrap(),
+            ActivateOutcome::Activated
+        );
+        assert_eq!(
+            s.activate("p", "d1", &r, T0 + 600).await.unwrap(),
+            ActivateOutcome::AlreadyActive
+        );
+        // d2 never activated: dropped at its deadline, learned from never.
+        let swept = s.sweep("p", &r, T0 + 1000, 100).await.unwrap();
+        assert_eq!(swept.dropped, vec!["d2".to_string()]);
+        assert_eq!(
+            swept.learned.len(),
+            1,
+            "only `plain` gets its default: {swept:?}"
+        );
+        assert_eq!(
+            s.activate("p", "d2", &r, T0 + 1001).await.unwrap(),
+            ActivateOutcome::Expired
+        );
+        // d1's window restarted at activation: open until T0 + 1500.
+        assert_eq!(
+            s.reward("p", "d1", None, 1.0, &r, T0 + 1400).await.unwrap(),
+            RewardOutcome::Learned
+        );
+        let entries = s
+            .sync("p", None, StreamId::default(), 100)
+            .await
+            .unwrap()
+            .entries;
+        let events: Vec<&str> = entries.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(events, vec!["plain", "d1"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replicas_fold_the_stream_from_snapshots_and_reload_after_a_reset() {
+    both(async |s: &Store| {
+        let r = rules(false);
+        for i in 0..5 {
+            let id = format!("e{i}");
+            s.record("p", &event(&id, false, 1), &r, T0).await.unwrap();
+            s.reward("p", &id, None, i as f64, &r, T0 + 1)
+                .await
+                .unwrap();
+        }
+        let first = s.sync("p", None, StreamId::default(), 3).await.unwrap();
+        assert_eq!(first.entries.len(), 3, "limit respected");
+        let cursor = first.entries[2].id;
+        let rest = s.sync("p", Some(first.epoch), cursor, 100).await.unwrap();
+        assert!(rest.snapshot.is_none());
+        assert_eq!(
+            rest.entries.iter().map(|e| e.reward).collect::<Vec<_>>(),
+            vec![3.0, 4.0]
+        );
+        // A replica that has folded 3 entries snapshots them.
+        assert!(
+            s.save_snapshot("p", first.epoch, b"state-3", cursor)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.save_snapshot("p", first.epoch, b"older", first.entries[1].id)
+                .await
+                .unwrap()
+        );
+        // A replica behind the snapshot reloads it, then reads what follows.
+        let behind = s
+            .sync("p", Some(first.epoch), first.entries[0].id, 100)
+            .await
+            .unwrap();
+        let snap = behind.snapshot.expect("reload");
+        assert_eq!(
+            (snap.blob.as_deref(), snap.cursor),
+            (Some(&b"state-3"[..]), cursor)
+        );
+        assert_eq!(behind.entries.len(), 2);
+        // A reset bumps the epoch: everyone reloads the fresh model and the
+        // entries learned before are gone.
+        let last = rest.entries[1].id;
+        s.reset("p", b"fresh").await.unwrap();
+        let after = s.sync("p", Some(first.epoch), last, 100).await.unwrap();
+        assert_ne!(after.epoch, first.epoch);
+        assert_eq!(after.snapshot.unwrap().blob.as_deref(), Some(&b"fresh"[..]));
+        assert!(after.entries.is_empty());
+        assert!(
+            !s.save_snapshot("p", first.epoch, b"stale", last)
+                .await
+                .unwrap()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_rewards_and_sweeps_learn_each_slot_exactly_once() {
+    both(async |s: &Store| {
+        let r = rules(false);
+        for i in 0..20 {
+            s.record("p", &event(&format!("e{i}"), false, 1), &r, T0)
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut learned = 0;
+                for i in 0..20 {
+                    let out = s
+                        .reward("p", &format!("e{i}"), None, 1.0, &r, T0 + 1)
+                        .await
+                        .unwrap();
+                    learned += usize::from(out == RewardOutcome::Learned);
+                }
+                let swept = s.sweep("p", &r, T0 + 2000 + worker, 100).await.unwrap();
+                learned + swept.learned.len()
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 20);
+        let entries = s
+            .sync("p", None, StreamId::default(), 1000)
+            .await
+            .unwrap()
+            .entries;
+        assert_eq!(entries.len(), 20);
+    })
+    .await;
+}
+
+#[test]
+fn vectors_round_trip_and_corrupt_ones_are_refused() {
+    let x = vec![1.5, -0.0, 3e300, f64::MIN_POSITIVE];
+    assert_eq!(decode_vector(&encode_vector(&x)).unwrap(), x);
+    assert!(decode_vector(&[0u8; 7]).is_err());
+    assert!(decode_vector(&encode_vector(&[f64::NAN])).is_err());
+    assert_eq!(
+        "12-3".parse::<StreamId>().unwrap(),
+        StreamId { ms: 12, seq: 3 }
+    );
+    assert!("12".parse::<StreamId>().is_err());
+}
