@@ -147,9 +147,9 @@ pub async fn reward(
         )
         .await;
     state.store_result("reward", &outcome);
-    let status = match outcome.map_err(unavailable)? {
-        RewardOutcome::Learned => "learned",
-        RewardOutcome::Accumulated => "accumulated",
+    let (status, action) = match outcome.map_err(unavailable)? {
+        RewardOutcome::Learned(action) => ("learned", action),
+        RewardOutcome::Accumulated(action) => ("accumulated", action),
         RewardOutcome::UnknownEvent | RewardOutcome::Expired => {
             return Err(unknown_event(&body.event_id));
         }
@@ -186,7 +186,7 @@ pub async fn reward(
         reward_id: uuid::Uuid::now_v7(),
         event_id: body.event_id.clone(),
         policy: runtime.id().to_string(),
-        action: body.action.clone().unwrap_or_default(),
+        action,
         reward: value,
         signals: body
             .signals

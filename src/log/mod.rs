@@ -271,8 +271,9 @@ struct Inner {
 impl DecisionLog {
     /// Starts the writer task (call within a Tokio runtime).
     ///
-    /// Never fails because the database is down: it connects lazily; if the
-    /// database is unreachable the writer spools and keeps retrying (connect,
+    /// Never fails because the database is down: it tries once (for at most
+    /// 5 s) to connect and migrate before returning; if the database is
+    /// unreachable the writer spools and keeps retrying (connect,
     /// migrate if [`LogSettings::migrate`], replay) every second in the
     /// background. A spool left by a previous run is replayed once the
     /// database is reachable. Errors only for a malformed or unsupported URL
@@ -292,7 +293,7 @@ impl DecisionLog {
             spool_bytes = shared.spool_bytes.load(Ordering::Relaxed),
             "decision log: starting"
         );
-        let writer = writer::Writer::new(
+        let mut writer = writer::Writer::new(
             shared.clone(),
             db,
             writer::WriterConfig {
@@ -301,6 +302,10 @@ impl DecisionLog {
                 migrate: settings.migrate,
             },
         );
+        // One attempt before taking traffic, so a reachable database is
+        // migrated and healthy from the first request; an unreachable one
+        // only delays the start by the connect timeout, then spools.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer.connect()).await;
         let task = tokio::spawn(writer.run(rx, stop_rx));
         Ok(DecisionLog {
             inner: Arc::new(Inner {
@@ -325,8 +330,12 @@ impl DecisionLog {
     pub fn record(&self, rec: LogRecord) {
         match self.inner.tx.try_send(rec) {
             Ok(()) => {}
-            Err(TrySendError::Full(rec)) => self.inner.shared.spool_direct(rec, "queue full"),
-            Err(TrySendError::Closed(rec)) => self.inner.shared.spool_direct(rec, "log shut down"),
+            Err(TrySendError::Full(rec)) => {
+                self.inner.shared.spool_direct(rec, "queue full", false)
+            }
+            Err(TrySendError::Closed(rec)) => {
+                self.inner.shared.spool_direct(rec, "log shut down", true)
+            }
         }
     }
 

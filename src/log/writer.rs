@@ -29,7 +29,7 @@ const SHUTDOWN_REPLAY_BUDGET: Duration = Duration::from_secs(10);
 /// (its decision may still be queued, spooled, or on another replica).
 const PENDING_ACTIVATION_GRACE: Duration = Duration::from_secs(600);
 /// At most this many such activations are kept in memory.
-const MAX_PENDING_ACTIVATIONS: usize = 100_000;
+const MAX_PENDING_ACTIVATIONS: usize = 10_000;
 
 /// State shared by the handles and the writer task.
 pub(super) struct Shared {
@@ -66,9 +66,9 @@ impl Shared {
         self.spool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends one record to the spool from `record` (no fsync: the writer
-    /// syncs within a second). Logs, rather than returns, a failure.
-    pub fn spool_direct(&self, record: LogRecord, reason: &'static str) {
+    /// Appends one record to the spool from `record`. Without `sync`, the
+    /// writer fsyncs within a second. Logs, rather than returns, a failure.
+    pub fn spool_direct(&self, record: LogRecord, reason: &'static str, sync: bool) {
         let n = self.overflowed.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(10_000) {
             warn!(
@@ -77,7 +77,7 @@ impl Shared {
                 "decision log: spooling records directly to disk"
             );
         }
-        if let Err(error) = self.spool().append(std::slice::from_ref(&record), false) {
+        if let Err(error) = self.spool().append(std::slice::from_ref(&record), sync) {
             error!(%error, ?record, "decision log: record lost: the spool write failed");
         }
     }
@@ -101,6 +101,8 @@ pub(super) struct Writer {
     /// Activations whose decision was not in the database, with when first
     /// seen.
     pending: VecDeque<(ActivationRow, Instant)>,
+    /// Rows were inserted since the pending activations were last retried.
+    inserted_since_retry: bool,
     /// The last availability problem reported (to log changes, not repeats).
     last_problem: Option<String>,
     /// Replay is paused until then after a spool I/O error.
@@ -121,6 +123,7 @@ impl Writer {
             last_attempt: None,
             partitions_day: None,
             pending: VecDeque::new(),
+            inserted_since_retry: false,
             last_problem: None,
             replay_paused_until: None,
             replayed: 0,
@@ -274,6 +277,7 @@ impl Writer {
             .written
             .fetch_add(applied.inserted + applied.activated, Ordering::Relaxed);
         self.available();
+        self.inserted_since_retry |= applied.inserted > 0;
         let now = Instant::now();
         for activation in applied.unmatched {
             debug!(event_id = %activation.event_id, "decision log: activation before its decision; retrying later");
@@ -324,7 +328,7 @@ impl Writer {
     }
 
     /// Pings, migrates once (if configured), and creates partitions.
-    async fn connect(&mut self) -> bool {
+    pub async fn connect(&mut self) -> bool {
         self.last_attempt = Some(Instant::now());
         let migrate = self.config.migrate && !self.migrated;
         let db = &self.db;
@@ -382,15 +386,21 @@ impl Writer {
         } else {
             self.maintain_partitions().await;
         }
-        self.retry_pending().await;
+        self.retry_pending(false).await;
     }
 
-    /// Retries the activations whose decision was missing; those still
-    /// unmatched after the grace period are rejected.
-    async fn retry_pending(&mut self) {
-        if self.pending.is_empty() || !self.healthy() {
+    /// Retries the activations whose decision was missing, if rows were
+    /// inserted since the last try (or `force`); those still unmatched after
+    /// the grace period are rejected.
+    async fn retry_pending(&mut self, force: bool) {
+        if self.pending.is_empty() {
             return;
         }
+        if !self.healthy() || !(force || self.inserted_since_retry) {
+            self.expire_pending(&HashSet::new(), false);
+            return;
+        }
+        self.inserted_since_retry = false;
         let records: Vec<LogRecord> = self
             .pending
             .iter()
@@ -404,20 +414,7 @@ impl Writer {
                 self.available();
                 let unmatched: HashSet<String> =
                     applied.unmatched.into_iter().map(|a| a.event_id).collect();
-                let mut expired = Vec::new();
-                self.pending.retain(|(a, since)| {
-                    if !unmatched.contains(&a.event_id) {
-                        false
-                    } else if since.elapsed() >= PENDING_ACTIVATION_GRACE {
-                        expired.push(LogRecord::Activation(a.clone()));
-                        false
-                    } else {
-                        true
-                    }
-                });
-                if !expired.is_empty() {
-                    self.reject(&expired, "no decision with this event_id in the database");
-                }
+                self.expire_pending(&unmatched, true);
             }
             Err(error) if db::is_transient(&error) => {
                 self.unavailable(format!("write failed: {error}"));
@@ -430,6 +427,26 @@ impl Writer {
                     .collect();
                 self.reject(&records, &error.to_string());
             }
+        }
+    }
+
+    /// Drops the pending activations that were just applied (with
+    /// `applied`: those not in `unmatched`), and rejects those past the
+    /// grace period.
+    fn expire_pending(&mut self, unmatched: &HashSet<String>, applied: bool) {
+        let mut expired = Vec::new();
+        self.pending.retain(|(a, since)| {
+            if applied && !unmatched.contains(&a.event_id) {
+                false
+            } else if since.elapsed() >= PENDING_ACTIVATION_GRACE {
+                expired.push(LogRecord::Activation(a.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        if !expired.is_empty() {
+            self.reject(&expired, "no decision with this event_id in the database");
         }
     }
 
@@ -499,7 +516,7 @@ impl Writer {
             self.replay_paused_until = None;
             while self.healthy() && Instant::now() < deadline && self.replay_step().await {}
         }
-        self.retry_pending().await;
+        self.retry_pending(true).await;
         if !self.pending.is_empty() {
             let records: Vec<LogRecord> = self
                 .pending

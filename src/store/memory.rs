@@ -167,14 +167,15 @@ impl MemoryStore {
         if state.learned {
             return Ok(RewardOutcome::AlreadyRewarded);
         }
+        let action = event.record.slots[slot].action.clone();
         if rules.sum {
             state.sum += reward;
             state.count += 1;
-            return Ok(RewardOutcome::Accumulated);
+            return Ok(RewardOutcome::Accumulated(action));
         }
         state.learned = true;
         data.append(event_id, slot, reward, false);
-        Ok(RewardOutcome::Learned)
+        Ok(RewardOutcome::Learned(action))
     }
 
     pub(super) async fn activate(

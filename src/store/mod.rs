@@ -111,12 +111,14 @@ pub struct RewardRules {
 }
 
 /// The result of a reward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RewardOutcome {
-    /// Appended to the learned stream (first-reward aggregation).
-    Learned,
-    /// Added to the event's sum, learned when the window closes.
-    Accumulated,
+    /// Appended to the learned stream (first-reward aggregation), for this
+    /// action.
+    Learned(String),
+    /// Added to the event's sum for this action, learned when the window
+    /// closes.
+    Accumulated(String),
     /// No such event (never decided, or forgotten after retention).
     UnknownEvent,
     /// The reward window has closed.
@@ -344,7 +346,7 @@ pub(crate) fn encode_vector(x: &[f64]) -> Vec<u8> {
 
 /// Decodes [`encode_vector`] output; every value must be finite.
 pub(crate) fn decode_vector(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(StoreError::Corrupt(format!(
             "vector of {} bytes",
             bytes.len()

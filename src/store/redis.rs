@@ -167,10 +167,10 @@ impl RedisStore {
             .arg(format_f64(reward))
             .arg(u8::from(rules.sum))
             .arg(now_ms);
-        let outcome: String = self.run(&inv).await?;
+        let (outcome, action): (String, String) = self.run(&inv).await?;
         Ok(match outcome.as_str() {
-            "learned" => RewardOutcome::Learned,
-            "accumulated" => RewardOutcome::Accumulated,
+            "learned" => RewardOutcome::Learned(action),
+            "accumulated" => RewardOutcome::Accumulated(action),
             "unknown_event" => RewardOutcome::UnknownEvent,
             "expired" => RewardOutcome::Expired,
             "already_rewarded" => RewardOutcome::AlreadyRewarded,

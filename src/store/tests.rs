@@ -102,7 +102,10 @@ async fn a_first_reward_is_learned_once_and_a_second_is_refused() {
         let r = rules(false);
         s.record("p", &event("e1", false, 2), &r, T0).await.unwrap();
         let reward = |a: Option<&'static str>, now| s.reward("p", "e1", a, 0.75, &r, now);
-        assert_eq!(reward(None, T0 + 1).await.unwrap(), RewardOutcome::Learned);
+        assert_eq!(
+            reward(None, T0 + 1).await.unwrap(),
+            RewardOutcome::Learned("act0".into())
+        );
         assert_eq!(
             reward(None, T0 + 2).await.unwrap(),
             RewardOutcome::AlreadyRewarded
@@ -113,7 +116,7 @@ async fn a_first_reward_is_learned_once_and_a_second_is_refused() {
         );
         assert_eq!(
             reward(Some("act1"), T0 + 3).await.unwrap(),
-            RewardOutcome::Learned
+            RewardOutcome::Learned("act1".into())
         );
         assert_eq!(
             reward(Some("zzz"), T0 + 3).await.unwrap(),
@@ -162,7 +165,7 @@ async fn closed_windows_learn_the_sum_or_the_default_exactly_once() {
             .unwrap();
         for v in [0.5, 1.25] {
             let out = s.reward("p", "summed", None, v, &r, T0 + 10).await.unwrap();
-            assert_eq!(out, RewardOutcome::Accumulated);
+            assert_eq!(out, RewardOutcome::Accumulated("act0".into()));
         }
         let early = s.sweep("p", &r, T0 + 999, 100).await.unwrap();
         assert!(early.learned.is_empty());
@@ -244,7 +247,7 @@ async fn deferred_decisions_are_learned_only_once_activated() {
         // d1's window restarted at activation: open until T0 + 1500.
         assert_eq!(
             s.reward("p", "d1", None, 1.0, &r, T0 + 1400).await.unwrap(),
-            RewardOutcome::Learned
+            RewardOutcome::Learned("act0".into())
         );
         let entries = s
             .sync("p", None, StreamId::default(), 100)
@@ -335,7 +338,7 @@ async fn concurrent_rewards_and_sweeps_learn_each_slot_exactly_once() {
                         .reward("p", &format!("e{i}"), None, 1.0, &r, T0 + 1)
                         .await
                         .unwrap();
-                    learned += usize::from(out == RewardOutcome::Learned);
+                    learned += usize::from(matches!(out, RewardOutcome::Learned(_)));
                 }
                 let swept = s.sweep("p", &r, T0 + 2000 + worker, 100).await.unwrap();
                 learned + swept.learned.len()
