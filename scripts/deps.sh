@@ -3,7 +3,7 @@
 # ndarray-linalg uses the system OpenBLAS/LAPACK (`openblas-system`): the
 # `openblas-static` backend would download OpenBLAS at build time.
 set -euo pipefail
-packages=(libopenblas-dev pkg-config)
+packages=(libopenblas-dev pkg-config postgresql-client-common redis-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
