@@ -13,7 +13,8 @@ pub struct Metrics {
     /// `nudge_decisions_total{policy, action}` (shared-mode actions are
     /// caller ids of unbounded cardinality: counted as `action="*"`).
     pub decisions: IntCounterVec,
-    /// `nudge_rewards_total{policy, kind}`: `kind` is `reward` or `signals`.
+    /// `nudge_rewards_total{policy, action, kind}`: `kind` is `reward` or
+    /// `signals`; shared-mode actions count as `action="*"`.
     pub rewards: IntCounterVec,
     /// `nudge_default_rewards_total{policy}`: windows closed without reward.
     pub default_rewards: IntCounterVec,

@@ -655,3 +655,36 @@ async fn two_replicas_on_one_redis_lose_no_reward_and_agree_on_the_model() {
     two.stop().await;
     one.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events() {
+    let mut first = spawn_app(Backend::Production).await;
+    for i in 0..20 {
+        first
+            .post("/v1/decide", &push(&format!("before-{i}")))
+            .await;
+        let reward = json!({"event_id": format!("before-{i}"), "reward": 0.5});
+        assert_eq!(first.post("/v1/reward", &reward).await.0, 202);
+    }
+    let (_, pending) = first
+        .post("/v1/decide", &push("pending-across-restart"))
+        .await;
+    let model = first.model("push").await;
+    let (_, stats) = first.get_json("/v1/policies/push").await;
+    first.stop().await;
+
+    let mut second = spawn_replica(&first).await;
+    assert_eq!(second.model("push").await, model);
+    let (_, again) = second.get_json("/v1/policies/push").await;
+    assert_eq!(again["stats"], stats["stats"]);
+    // The decision made before the restart is still pending: a retry gets
+    // the same answer, and its reward is learned.
+    let (_, retried) = second
+        .post("/v1/decide", &push("pending-across-restart"))
+        .await;
+    assert_eq!(retried, pending);
+    let reward = json!({"event_id": "pending-across-restart", "reward": 1.0});
+    assert_eq!(second.post("/v1/reward", &reward).await.0, 202);
+    assert_eq!(second.model("push").await.0, model.0 + 1);
+    second.stop().await;
+}

@@ -118,9 +118,12 @@ impl RedisStore {
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
         let ttl = (event.deadline_ms - now_ms).max(1) + rules.retention_ms;
-        let mut inv = self.scripts.record.prepare_invoke();
-        inv.key(self.event_key(policy, &event.event_id))
-            .key(self.key(policy, "due"))
+        let script = &self.scripts.record;
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(script.get_hash())
+            .arg(2)
+            .arg(self.event_key(policy, &event.event_id))
+            .arg(self.key(policy, "due"))
             .arg(&event.event_id)
             .arg(event.deadline_ms)
             .arg(ttl)
@@ -128,21 +131,47 @@ impl RedisStore {
             .arg(&event.response)
             .arg(event.slots.len());
         for s in &event.slots {
-            inv.arg(&s.action).arg(s.arm).arg(encode_vector(&s.x));
+            eval.arg(&s.action).arg(s.arm).arg(encode_vector(&s.x));
         }
-        let existing: Option<String> = self.run(&inv).await?;
-        if let Some(response) = existing {
-            return Ok(Recorded::Existing(response));
-        }
-        // The index lives outside the policy's slot; written after the
-        // event, so an index entry always points at a stored event.
+        // The index (event → policy) lives outside the policy's slot, so it
+        // cannot be written by the script; it goes in the same pipeline, one
+        // round trip for the whole decision. For a retry it is rewritten with
+        // the same value, which is harmless.
         let mut set = redis::cmd("SET");
         set.arg(self.index_key(&event.event_id))
             .arg(policy)
             .arg("PX")
             .arg(ttl);
-        let () = self.cmd(&set).await?;
-        Ok(Recorded::New)
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval).add_command(set).ignore();
+        let (existing,): (Option<String>,) = match self.query_pipe(&pipe).await {
+            Err(StoreError::Unavailable(msg)) if msg.to_ascii_uppercase().contains("NOSCRIPT") => {
+                // First use on this server (or after SCRIPT FLUSH).
+                let mut conn = self.conn.clone();
+                tokio::time::timeout(self.timeout, script.prepare_invoke().load_async(&mut conn))
+                    .await
+                    .map_err(|_| StoreError::Timeout)?
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                self.query_pipe(&pipe).await?
+            }
+            other => other?,
+        };
+        Ok(match existing {
+            Some(response) => Recorded::Existing(response),
+            None => Recorded::New,
+        })
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
     }
 
     pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {

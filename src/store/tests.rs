@@ -371,3 +371,33 @@ fn vectors_round_trip_and_corrupt_ones_are_refused() {
     );
     assert!("12".parse::<StreamId>().is_err());
 }
+
+#[tokio::test]
+async fn the_redis_store_reloads_its_scripts_after_a_script_flush() {
+    let redis = Redis::new();
+    let client = ::redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut conn)
+        .unwrap();
+    let r = rules(false);
+    let e = event("after-flush", false, 1);
+    assert_eq!(
+        redis.store.record("p", &e, &r, T0).await.unwrap(),
+        Recorded::New
+    );
+    assert_eq!(
+        redis.store.record("p", &e, &r, T0).await.unwrap(),
+        Recorded::Existing(e.response.clone())
+    );
+    assert_eq!(
+        redis
+            .store
+            .event_policy("after-flush")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("p")
+    );
+}
