@@ -19,9 +19,9 @@
 #   KEEP_DB=1          keep the database even when every check passes
 #   CARGO_TIMEOUT=1800 bound on the release build (seconds)
 #   QUIET_WAIT=60      before each run, wait up to this many seconds for other
-#                      processes (builds, tests) to use < 10% of the CPUs
+#                      processes (builds, tests) to use < 20% of a core
 # Everything targets 127.0.0.1 only. Exit status: 0 iff every check passed.
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -59,6 +59,7 @@ NUDGE_PID=""
 BARE_PID=""
 DB_CREATED=0
 FAILED=0
+INTERRUPTED=0
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 # Prints the command line, then runs it.
@@ -95,7 +96,8 @@ stop_pid() {
 cleanup() {
   local status=$?
   set +e
-  [ "$status" -eq 0 ] || FAILED=1
+  # An error keeps the evidence (database, temp dir); an interrupt does not.
+  [ "$status" -eq 0 ] || [ "$INTERRUPTED" = 1 ] || FAILED=1
   log "cleanup"
   stop_pid "$BARE_PID" 10
   stop_pid "$NUDGE_PID" 60
@@ -118,8 +120,9 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "!! failed (status $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap 'INTERRUPTED=1; exit 130' INT
+trap 'INTERRUPTED=1; exit 143' TERM
 
 # --- 0. tools ------------------------------------------------------------
 log "tools"
@@ -191,42 +194,64 @@ wait_ready() {
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 cpu_snapshot() {
-  awk -v self=$$ '
-    FNR == 1 {
-      line = $0
+  # getline, not awk's own file loop: a process that exits between the glob
+  # and the read must be skipped, not end the snapshot.
+  awk -v self=$$ 'BEGIN {
+    for (a = 1; a < ARGC; a++) {
+      file = ARGV[a]
+      if ((getline line < file) <= 0) { close(file); continue }
+      close(file)
+      pid = substr(line, 1, index(line, " ") - 1) + 0
       open = index(line, "("); close_ = 0
       for (i = length(line); i > 0; i--) if (substr(line, i, 1) == ")") { close_ = i; break }
+      if (open == 0 || close_ == 0) continue
       comm = substr(line, open + 1, close_ - open - 1)
-      n = split(substr(line, close_ + 2), f, " ")
-      pid = $1 + 0; ppid = f[2] + 0
-      if (pid == 2 || ppid == 2 || pid == self) next   # kernel threads, this script
+      split(substr(line, close_ + 2), f, " ")
+      if (pid == 2 || f[2] + 0 == 2 || pid == self) continue   # kernel threads, this script
       gsub(/ /, "_", comm)
-      print pid, comm, f[12] + f[13] + f[14] + f[15]
-    }' /proc/[0-9]*/stat 2>/dev/null || true
+      printf "%d %s %d\n", pid, comm, f[12] + f[13] + f[14] + f[15]
+    }
+    exit
+  }' /proc/[0-9]*/stat 2>/dev/null || true
 }
-# cpu_other BEFORE AFTER SECONDS -> % of the whole machine used by others
-cpu_other() {
-  awk -v secs="$3" -v tck="$CLK_TCK" -v ncpu="$NCPU" '
-    BEGIN { split("nudge bare wrk redis-server postgres timeout tee grep curl psql sleep", o, " ")
+# cpu_usage BEFORE AFTER SECONDS -> "OTHER SERVER REDIS POSTGRES", each in %
+# of one core (top's unit; 2 cores = 200). OTHER is every process that is
+# not the server (nudge/bare), wrk, Redis, PostgreSQL or this script's tools.
+cpu_usage() {
+  awk -v secs="$3" -v tck="$CLK_TCK" '
+    BEGIN { split("nudge bare wrk redis-server postgres timeout tee grep curl psql sleep awk sed", o, " ")
             for (i in o) ours[o[i]] = 1 }
     FNR == NR { before[$1 " " $2] = $3; next }
-    !($2 in ours) { d = $3 - before[$1 " " $2]; if (d > 0) t += d }
-    END { printf "%.0f", (secs > 0 ? 100 * t / tck / secs / ncpu : 0) }' "$1" "$2"
+    { k = $1 " " $2; d = $3 - (k in before ? before[k] : 0); seen[k] = 1
+      if (!($2 in ours)) other += d
+      else if ($2 == "nudge" || $2 == "bare") server += d
+      else if ($2 == "redis-server") redis += d
+      else if ($2 == "postgres") pg += d }
+    # a process that exited was reaped by its parent, whose cumulative
+    # children time now includes its whole life: take its earlier part out
+    END { for (k in before) if (!(k in seen)) { split(k, kk, " "); if (!(kk[2] in ours)) other -= before[k] }
+          f = secs > 0 ? 100 / tck / secs : 0
+          if (other < 0) other = 0
+          printf "%.0f %.0f %.0f %.0f\n", other * f, server * f, redis * f, pg * f }' "$1" "$2"
 }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 
 # Before a measured run, wait (at most QUIET_WAIT seconds) for a second in
-# which other processes use < 10% of the machine.
+# which other processes use < 20% of a core (10% of the machine).
 wait_quiet() {
-  local i other
+  local i other rest
   for ((i = 0; i < QUIET_WAIT; i++)); do
     cpu_snapshot >"$WORK/cpu.q0"
+    local t0
+    t0=$(now)
     sleep 1
     cpu_snapshot >"$WORK/cpu.q1"
-    other=$(cpu_other "$WORK/cpu.q0" "$WORK/cpu.q1" 1)
-    [ "$other" -lt 10 ] && return 0
-    ((i % 10)) || echo "waiting for a quiet machine: other processes use ${other}% of the CPUs" >&2
+    read -r other rest < <(cpu_usage "$WORK/cpu.q0" "$WORK/cpu.q1" "$(elapsed "$t0")")
+    [ "$other" -lt 20 ] && return 0
+    ((i % 10)) || echo "waiting for a quiet machine: other processes use ${other}% of a core" >&2
   done
-  echo "!! machine still busy after ${QUIET_WAIT}s (others ${other}%): measuring anyway" >&2
+  echo "!! machine still busy after ${QUIET_WAIT}s (others ${other}% of a core): measuring anyway" >&2
 }
 
 # wrk_run LABEL URL MODE POLICY CONNECTIONS DURATION [record-ids]
@@ -239,16 +264,18 @@ wrk_run() {
   log "wrk: $label"
   wait_quiet
   cpu_snapshot >"$WORK/cpu.before"
-  local t0=$SECONDS
+  local t0
+  t0=$(now)
   run env "${envs[@]}" timeout $((dur + 60)) "${WRK_PIN[@]}" \
     wrk -t"$THREADS" -c"$conns" -d"${dur}s" --timeout 10s --latency \
     -s "$ROOT/bench/nudge.lua" "$url" | tee "$out" | { grep -E '^(RESULT|ERRORS)|Requests/sec|Latency ' >&2 || true; }
   cpu_snapshot >"$WORK/cpu.after"
-  local other
-  other=$(cpu_other "$WORK/cpu.before" "$WORK/cpu.after" $((SECONDS - t0)))
-  echo "CPU used by other processes during $label: ${other}% of the machine" >&2
-  [ "$other" -lt 10 ] || echo "!! WARNING: other processes used ${other}% of the CPUs during $label; its numbers are skewed" >&2
-  grep '^RESULT ' "$out" | sed "s/\$/ other_cpu_pct=$other/" >>"$RESULTS" ||
+  local other server redis pg
+  read -r other server redis pg < <(cpu_usage "$WORK/cpu.before" "$WORK/cpu.after" "$(elapsed "$t0")")
+  echo "CPU during $label (% of one core): server $server, redis $redis, postgres $pg, other processes $other" >&2
+  [ "$other" -lt 20 ] || echo "!! WARNING: other processes used ${other}% of a core during $label; its numbers are skewed" >&2
+  grep '^RESULT ' "$out" |
+    sed "s/\$/ server_cpu_pct=$server redis_cpu_pct=$redis pg_cpu_pct=$pg other_cpu_pct=$other/" >>"$RESULTS" ||
     { echo "wrk printed no RESULT line" >&2; return 1; }
   grep '^ERRORS ' "$out" >&2 || true
 }
@@ -396,7 +423,7 @@ ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; 
   echo
   echo "Nudge HTTP load test: ${DURATION}s per run, wrk -t$THREADS, workers=$WORKERS, pin=$PIN, $(nproc) CPUs, policies d=32 K=10 disjoint"
   echo
-  echo "| scenario | conns | req/s | decides/s | p50 ms | p99 ms | non-2xx | decides/s ÷ ceiling | log queue at end | other CPU % |"
+  echo "| scenario | conns | req/s | decides/s | p50 ms | p99 ms | non-2xx | decides/s ÷ ceiling | log queue at end | CPU % server / redis / pg / other |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for label in $(for c in $CONNECTIONS; do echo "bare_c$c"; done) \
     $(for s in linucb lin_ts; do for m in decide decide_reward; do for c in $CONNECTIONS; do echo "${s}_${m}_c$c"; done; done; done); do
@@ -417,7 +444,7 @@ ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; 
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$c" \
       "$(fmt_rate "$(field "$line" rps)")" "$(fmt_rate "$(field "$line" decide_rps)")" \
       "$(field "$line" p50_ms)" "$(field "$line" p99_ms)" "$non2xx" "$ratio" "${q:--}" \
-      "$(field "$line" other_cpu_pct)"
+      "$(field "$line" server_cpu_pct) / $(field "$line" redis_cpu_pct) / $(field "$line" pg_cpu_pct) / $(field "$line" other_cpu_pct)"
   done
   echo
   for l in "${CHECK_LINES[@]}"; do echo "$l"; done

@@ -128,19 +128,21 @@ fn decision(i: usize, at: DateTime<Utc>) -> DecisionRow {
         context: json!({
             "user": {"age": i, "country": "FR", "embedding": [0.25, -1.5e-7, 3.0]},
             "note": "héllo \"quoted\" ✓",
-        }),
+        })
+        .into(),
         actions: i
             .is_multiple_of(4)
-            .then(|| json!([{"id": "a", "features": {"x": 1.5}}])),
-        candidates: json!([{"id": "a", "probability": 0.7}, {"id": "b", "probability": 0.3}]),
+            .then(|| json!([{"id": "a", "features": {"x": 1.5}}]).into()),
+        candidates: json!([{"id": "a", "probability": 0.7}, {"id": "b", "probability": 0.3}])
+            .into(),
         action: "a".to_owned(),
         // Dyadic, so serde_json's default (not exactly rounding) float
         // parser reads the spooled text back exactly; see
         // `spooled_floats_survive_replay_bit_for_bit` for the general case.
         probability: (i % 127 + 1) as f64 / 128.0,
-        slate: i
-            .is_multiple_of(5)
-            .then(|| json!([{"id": "a", "probability": 0.7}, {"id": "b", "probability": 1.0}])),
+        slate: i.is_multiple_of(5).then(|| {
+            json!([{"id": "a", "probability": 0.7}, {"id": "b", "probability": 1.0}]).into()
+        }),
         deferred: i.is_multiple_of(3),
         degraded: i.is_multiple_of(7),
     }
@@ -155,7 +157,7 @@ fn reward(i: usize, d: &DecisionRow) -> RewardRow {
         reward: (i % 11) as f64 / 4.0 - 1.0,
         signals: i
             .is_multiple_of(2)
-            .then(|| json!({"opened": true, "dwell_seconds": 12.5})),
+            .then(|| json!({"opened": true, "dwell_seconds": 12.5}).into()),
         is_default: i % 2 == 1,
         received_at: d.decided_at + Span::milliseconds(1_500),
     }
@@ -242,12 +244,12 @@ fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
         policy_version: t.2,
         model_version: t.3,
         decided_at: t.4,
-        context: t.5.0,
-        actions: t.6.map(|j| j.0),
-        candidates: t.7.0,
+        context: t.5.0.into(),
+        actions: t.6.map(|j| j.0.into()),
+        candidates: t.7.0.into(),
         action: t.8,
         probability: t.9,
-        slate: t.10.map(|j| j.0),
+        slate: t.10.map(|j| j.0.into()),
         deferred: t.11,
         degraded: t.13,
     };
@@ -261,7 +263,7 @@ fn reward_of(t: RewardTuple) -> RewardRow {
         policy: t.2,
         action: t.3,
         reward: t.4,
-        signals: t.5.map(|j| j.0),
+        signals: t.5.map(|j| j.0.into()),
         is_default: t.6,
         received_at: t.7,
     }

@@ -3,13 +3,12 @@
 use super::error::ApiError;
 use super::{AppState, check_event_id, parse_json, read_body};
 use crate::features::Features;
-use crate::log::{DecisionRow, LogRecord};
-use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Mode};
+use crate::log::{DecisionRow, JsonText, LogRecord};
+use crate::policy::{DecideError, DecideRequest, Decision, Mode};
 use crate::store::{EventRecord, Recorded, Slot};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::time::Instant;
 use utoipa::ToSchema;
 
@@ -29,7 +28,7 @@ pub struct DecideBody {
     /// Shared-mode policies: the candidate actions with their features.
     #[serde(default)]
     #[schema(value_type = Vec<ActionSchema>)]
-    pub actions: Vec<Candidate<Features>>,
+    pub actions: Vec<crate::policy::Candidate<Features>>,
     /// Arms or candidate ids not to choose this time.
     #[serde(default)]
     pub excluded: Vec<String>,
@@ -212,7 +211,7 @@ pub async fn decide(
             .collect(),
         deadline_ms: now.timestamp_millis() + runtime.rules.window_ms,
         deferred: body.defer,
-        response: response_json.clone(),
+        response: response_json,
     };
     let recorded = state
         .store
@@ -252,18 +251,20 @@ pub async fn decide(
         policy_version: spec.version as i32,
         model_version: decision.model_version as i64,
         decided_at: now,
-        context: serde_json::to_value(&body.context).unwrap_or_default(),
-        actions: (spec.mode == Mode::Shared)
-            .then(|| serde_json::to_value(&body.actions).unwrap_or_default()),
-        candidates: serde_json::Value::Array(
-            ids.iter()
+        context: JsonText::of(&body.context),
+        actions: (spec.mode == Mode::Shared).then(|| JsonText::of(&body.actions)),
+        candidates: JsonText::of(
+            &ids.iter()
                 .zip(&decision.probabilities)
-                .map(|(id, p)| json!({"id": id, "probability": p}))
-                .collect(),
+                .map(|(id, p)| Candidate {
+                    id,
+                    probability: *p,
+                })
+                .collect::<Vec<_>>(),
         ),
         action: response.action.clone(),
         probability: response.probability,
-        slate: (k > 1).then(|| serde_json::to_value(&response.ranking[..k]).unwrap_or_default()),
+        slate: (k > 1).then(|| JsonText::of(&response.ranking[..k])),
         deferred: body.defer,
         degraded,
     }));
@@ -274,7 +275,14 @@ pub async fn decide(
         .observe(started.elapsed().as_secs_f64());
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(response_json))
+        .body(record.response))
+}
+
+/// A candidate and its probability, as logged.
+#[derive(Serialize)]
+struct Candidate<'a> {
+    id: &'a str,
+    probability: f64,
 }
 
 /// The slate in order with its position probabilities, then every other

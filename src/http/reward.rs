@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::{AppState, check_event_id, parse_json, read_body};
-use crate::log::{ActivationRow, LogRecord, RewardRow};
+use crate::log::{ActivationRow, JsonText, LogRecord, RewardRow};
 use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
 use crate::store::{ActivateOutcome, RewardOutcome};
@@ -188,10 +188,7 @@ pub async fn reward(
         policy: runtime.id().to_string(),
         action,
         reward: value,
-        signals: body
-            .signals
-            .as_ref()
-            .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        signals: body.signals.as_ref().map(JsonText::of),
         is_default: false,
         received_at: now,
     }));

@@ -57,6 +57,59 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+/// JSON kept as its text: serialised once on the request path, written as-is
+/// to JSON columns, and embedded verbatim in spool lines, so the log never
+/// builds a `serde_json::Value` tree per row. Two texts are equal when they
+/// denote the same JSON value (PostgreSQL's JSONB reorders keys).
+#[derive(Debug, Clone)]
+pub struct JsonText(String);
+
+impl JsonText {
+    /// Serialises `value` (non-finite floats become `null`, as JSON has none).
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> JsonText {
+        JsonText(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the text (for comparisons and tests; never on the hot path).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<serde_json::Value> for JsonText {
+    fn from(v: serde_json::Value) -> Self {
+        JsonText(v.to_string())
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0 || self.to_value() == other.to_value()
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+/// Read back (spool replay only) through a `Value`: `LogRecord` is an
+/// internally tagged enum, which serde buffers, and a raw value cannot be
+/// read from a buffer.
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(JsonText::from(serde_json::Value::deserialize(d)?))
+    }
+}
+
 /// One decision, everything an analyst needs for off-policy evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRow {
@@ -71,20 +124,20 @@ pub struct DecisionRow {
     /// When the decision was made.
     pub decided_at: DateTime<Utc>,
     /// The raw request context, as sent.
-    pub context: serde_json::Value,
+    pub context: JsonText,
     /// Shared mode: the candidate actions with their features, as sent
     /// (`[{"id", "features"}]`); `None` in disjoint mode.
-    pub actions: Option<serde_json::Value>,
+    pub actions: Option<JsonText>,
     /// Every candidate (after exclusions) in request order with its
     /// probability of being chosen: `[{"id", "probability"}]`.
-    pub candidates: serde_json::Value,
+    pub candidates: JsonText,
     /// The chosen action's id.
     pub action: String,
     /// Its propensity.
     pub probability: f64,
     /// For slates (k > 1): `[{"id", "probability"}]` in rank order, each
     /// probability conditional on the positions before it; `None` for k = 1.
-    pub slate: Option<serde_json::Value>,
+    pub slate: Option<JsonText>,
     /// Made with `defer`: only learned from once activated.
     pub deferred: bool,
     /// Made while a store was unreachable (last known model).
@@ -107,7 +160,7 @@ pub struct RewardRow {
     /// The numeric reward learned (after the reward function).
     pub reward: f64,
     /// Named signals as sent, if the reward came as signals.
-    pub signals: Option<serde_json::Value>,
+    pub signals: Option<JsonText>,
     /// True when the window closed without a reward and the policy's
     /// default was applied.
     pub is_default: bool,

@@ -1,25 +1,42 @@
 //! PostgreSQL: the production engine. Range-partitioned tables (see
 //! `migrations/postgres`), monthly partitions created ahead of time, batched
-//! multi-row inserts.
+//! inserts of whole column arrays.
 
 use super::db::{Applied, Batch};
+use super::{DecisionRow, JsonText, RewardRow};
 use chrono::{Datelike, NaiveDate};
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, QueryBuilder};
 use tracing::{debug, info, warn};
 
 /// The embedded PostgreSQL migrations.
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// PostgreSQL accepts at most 65 535 bind parameters per statement.
-const MAX_BINDS: usize = 65_535;
-/// Bound columns per inserted decision (`activated_at` starts NULL).
-const DECISION_COLUMNS: usize = 13;
-/// Bound columns per inserted reward.
-const REWARD_COLUMNS: usize = 8;
+/// Rows per statement: arrays are bound whole, so this only bounds the size
+/// of one message.
+const CHUNK: usize = 10_000;
 /// Monthly partitions kept ahead: the current month and the next two.
 pub(super) const MONTHS_AHEAD: u32 = 3;
+
+/// One statement for any number of decisions: each column is bound as one
+/// array and `UNNEST` turns them into rows. The text never changes, so the
+/// server parses and plans it once per connection (a multi-row `VALUES`
+/// with thousands of binds would be re-planned for every batch size).
+const INSERT_DECISIONS: &str = "INSERT INTO decisions (event_id, policy, policy_version, \
+    model_version, decided_at, context, actions, candidates, action, probability, slate, \
+    deferred, degraded) \
+    SELECT e, p, pv, mv, t, c::jsonb, a::jsonb, k::jsonb, act, prob, s::jsonb, d, g \
+    FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::timestamptz[], \
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], \
+    $12::bool[], $13::bool[]) AS u(e, p, pv, mv, t, c, a, k, act, prob, s, d, g) \
+    ON CONFLICT DO NOTHING";
+
+const INSERT_REWARDS: &str = "INSERT INTO rewards (reward_id, event_id, policy, action, \
+    reward, signals, is_default, received_at) \
+    SELECT id::uuid, e, p, act, r, s::jsonb, dflt, t \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], \
+    $7::bool[], $8::timestamptz[]) AS u(id, e, p, act, r, s, dflt, t) \
+    ON CONFLICT DO NOTHING";
 
 /// Writes one batch in one transaction: decisions, then activations, then
 /// rewards. Inserts skip rows whose key already exists, so replaying a batch
@@ -27,29 +44,27 @@ pub(super) const MONTHS_AHEAD: u32 = 3;
 pub(super) async fn write(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
     let mut tx = pool.begin().await?;
-    for chunk in batch.decisions.chunks(MAX_BINDS / DECISION_COLUMNS) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO decisions (event_id, policy, policy_version, model_version, \
-             decided_at, context, actions, candidates, action, probability, slate, \
-             deferred, degraded) ",
-        );
-        q.push_values(chunk, |mut row, d| {
-            row.push_bind(&d.event_id)
-                .push_bind(&d.policy)
-                .push_bind(d.policy_version)
-                .push_bind(d.model_version)
-                .push_bind(d.decided_at)
-                .push_bind(Json(&d.context))
-                .push_bind(d.actions.as_ref().map(Json))
-                .push_bind(Json(&d.candidates))
-                .push_bind(&d.action)
-                .push_bind(d.probability)
-                .push_bind(d.slate.as_ref().map(Json))
-                .push_bind(d.deferred)
-                .push_bind(d.degraded);
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        applied.inserted += q.build().execute(&mut *tx).await?.rows_affected();
+    for chunk in batch.decisions.chunks(CHUNK) {
+        let col = |f: fn(&DecisionRow) -> &str| chunk.iter().map(|d| f(d)).collect::<Vec<&str>>();
+        let opt =
+            |f: fn(&DecisionRow) -> Option<&str>| chunk.iter().map(|d| f(d)).collect::<Vec<_>>();
+        let done = sqlx::query(INSERT_DECISIONS)
+            .bind(col(|d| &d.event_id))
+            .bind(col(|d| &d.policy))
+            .bind(chunk.iter().map(|d| d.policy_version).collect::<Vec<i32>>())
+            .bind(chunk.iter().map(|d| d.model_version).collect::<Vec<i64>>())
+            .bind(chunk.iter().map(|d| d.decided_at).collect::<Vec<_>>())
+            .bind(col(|d| d.context.as_str()))
+            .bind(opt(|d| d.actions.as_ref().map(JsonText::as_str)))
+            .bind(col(|d| d.candidates.as_str()))
+            .bind(col(|d| &d.action))
+            .bind(chunk.iter().map(|d| d.probability).collect::<Vec<f64>>())
+            .bind(opt(|d| d.slate.as_ref().map(JsonText::as_str)))
+            .bind(chunk.iter().map(|d| d.deferred).collect::<Vec<bool>>())
+            .bind(chunk.iter().map(|d| d.degraded).collect::<Vec<bool>>())
+            .execute(&mut *tx)
+            .await?;
+        applied.inserted += done.rows_affected();
     }
     for a in &batch.activations {
         let done = sqlx::query(
@@ -65,25 +80,31 @@ pub(super) async fn write(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, s
             applied.activated += 1;
         }
     }
-    for chunk in batch.rewards.chunks(MAX_BINDS / REWARD_COLUMNS) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO rewards (reward_id, event_id, policy, action, reward, signals, \
-             is_default, received_at) ",
-        );
-        q.push_values(chunk, |mut row, r| {
+    for chunk in batch.rewards.chunks(CHUNK) {
+        let col = |f: fn(&RewardRow) -> &str| chunk.iter().map(|r| f(r)).collect::<Vec<&str>>();
+        let done = sqlx::query(INSERT_REWARDS)
             // sqlx's `uuid` feature is off: bind the text form and cast.
-            row.push_bind(r.reward_id.hyphenated().to_string())
-                .push_unseparated("::uuid")
-                .push_bind(&r.event_id)
-                .push_bind(&r.policy)
-                .push_bind(&r.action)
-                .push_bind(r.reward)
-                .push_bind(r.signals.as_ref().map(Json))
-                .push_bind(r.is_default)
-                .push_bind(r.received_at);
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        applied.inserted += q.build().execute(&mut *tx).await?.rows_affected();
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| r.reward_id.hyphenated().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(col(|r| &r.event_id))
+            .bind(col(|r| &r.policy))
+            .bind(col(|r| &r.action))
+            .bind(chunk.iter().map(|r| r.reward).collect::<Vec<f64>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|r| r.signals.as_ref().map(JsonText::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(chunk.iter().map(|r| r.is_default).collect::<Vec<bool>>())
+            .bind(chunk.iter().map(|r| r.received_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        applied.inserted += done.rows_affected();
     }
     tx.commit().await?;
     Ok(applied)

@@ -16,8 +16,8 @@ const DECISION_COLUMNS: usize = 13;
 const REWARD_COLUMNS: usize = 8;
 
 /// JSON as stored in a TEXT column.
-fn text(value: &serde_json::Value) -> String {
-    value.to_string()
+fn text(value: &super::JsonText) -> &str {
+    value.as_str()
 }
 
 /// Writes one batch in one transaction: decisions, then activations, then

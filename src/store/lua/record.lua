@@ -4,12 +4,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'rs')
 end
 local n = tonumber(ARGV[6])
-local fields = {'dl', ARGV[2], 'df', ARGV[4], 'ac', '0', 'rs', ARGV[5], 'n', ARGV[6]}
+-- Only what is known now; flags and sums start absent (= 0, not learned).
+local fields = {'dl', ARGV[2], 'df', ARGV[4], 'rs', ARGV[5], 'n', ARGV[6]}
 for j = 0, n - 1 do
   local b = 7 + 3 * j
-  local more = {'a' .. j, ARGV[b], 'm' .. j, ARGV[b + 1], 'x' .. j, ARGV[b + 2],
-    'st' .. j, '0', 's' .. j, '0', 'c' .. j, '0'}
-  for _, v in ipairs(more) do fields[#fields + 1] = v end
+  fields[#fields + 1] = 'a' .. j
+  fields[#fields + 1] = ARGV[b]
+  fields[#fields + 1] = 'm' .. j
+  fields[#fields + 1] = ARGV[b + 1]
+  fields[#fields + 1] = 'x' .. j
+  fields[#fields + 1] = ARGV[b + 2]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])

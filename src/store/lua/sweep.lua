@@ -16,7 +16,7 @@ for _, eid in ipairs(due) do
         local s = redis.call('HMGET', key, 'st' .. j, 's' .. j, 'c' .. j, 'a' .. j)
         if s[1] ~= '1' then
           local reward, is_default = ARGV[4], '1'
-          if ARGV[5] == '1' and tonumber(s[3]) > 0 then reward, is_default = s[2], '0' end
+          if ARGV[5] == '1' and tonumber(s[3] or '0') > 0 then reward, is_default = s[2], '0' end
           learn(KEYS[2], key, eid, j, reward, is_default)
           out[#out + 1] = {eid, s[4], reward, is_default}
         end
