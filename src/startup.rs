@@ -71,11 +71,11 @@ impl Application {
             })
             .collect();
         let store = match &settings.redis_url {
-            Some(url) => Store::Redis(RedisStore::new(
+            Some(url) => Store::Redis(Arc::new(RedisStore::new(
                 url,
                 &settings.redis_prefix,
                 settings.store_timeout(),
-            )?),
+            )?)),
             None => Store::Memory(MemoryStore::new()),
         };
         let log = DecisionLog::start(&LogSettings {

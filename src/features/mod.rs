@@ -365,9 +365,9 @@ fn encode_side<S: FeatureSource + ?Sized>(
     {
         return Err(err(name, FeatureProblem::Unknown));
     }
-    for def in defs {
+    for (i, def) in defs.iter().enumerate() {
         let slot = &mut out[def.offset..def.offset + def.kind.width()];
-        let value = src.feature(&def.name);
+        let value = src.feature_near(&def.name, i);
         encode_one(&def.kind, value, slot).map_err(|p| err(&def.name, p))?;
     }
     Ok(())

@@ -270,3 +270,24 @@ fn layout_refuses_duplicate_names_and_unknown_interaction_features() {
     );
     assert!(bad.unwrap_err().0.contains("unknown action feature `zz`"));
 }
+
+#[test]
+fn features_sent_out_of_spec_order_are_found_all_the_same() {
+    let s = spec(
+        vec![
+            ("a", number(0.0, 1.0, None)),
+            ("b", number(0.0, 1.0, None)),
+            ("c", number(0.0, 1.0, None)),
+        ],
+        UnknownFeatures::Ignore,
+    );
+    let mut x = vec![0.0; s.dim()];
+    let shuffled = ctx(&[
+        ("c", 3.0.into()),
+        ("extra", 9.0.into()),
+        ("a", 1.0.into()),
+        ("b", 2.0.into()),
+    ]);
+    s.encode_context(&shuffled, &mut x).unwrap();
+    assert_eq!(x, vec![1.0, 1.0, 2.0, 3.0]);
+}

@@ -136,6 +136,9 @@ impl FeatureSource for Features {
     fn names(&self) -> impl Iterator<Item = &str> {
         self.0.as_slice().names()
     }
+    fn feature_near(&self, name: &str, hint: usize) -> Option<FeatureRef<'_>> {
+        self.0.as_slice().feature_near(name, hint)
+    }
 }
 
 impl FeatureValue {
@@ -181,6 +184,12 @@ pub trait FeatureSource {
     fn feature(&self, name: &str) -> Option<FeatureRef<'_>>;
     /// Every name present (used only to reject undeclared features).
     fn names(&self) -> impl Iterator<Item = &str>;
+    /// Like [`FeatureSource::feature`], told where the name is likely to be
+    /// (its position in the spec): ordered sources check there first, so a
+    /// request that lists features in spec order costs one comparison each.
+    fn feature_near(&self, name: &str, _hint: usize) -> Option<FeatureRef<'_>> {
+        self.feature(name)
+    }
 }
 
 impl FeatureSource for HashMap<String, FeatureValue> {
@@ -220,5 +229,8 @@ impl FeatureSource for Vec<(String, FeatureValue)> {
     }
     fn names(&self) -> impl Iterator<Item = &str> {
         self.as_slice().names()
+    }
+    fn feature_near(&self, name: &str, hint: usize) -> Option<FeatureRef<'_>> {
+        self.as_slice().feature_near(name, hint)
     }
 }

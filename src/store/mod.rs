@@ -222,7 +222,7 @@ pub enum Store {
     /// In-process (embedded default).
     Memory(MemoryStore),
     /// Redis (production).
-    Redis(RedisStore),
+    Redis(std::sync::Arc<RedisStore>),
 }
 
 macro_rules! dispatch {

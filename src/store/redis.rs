@@ -39,13 +39,28 @@ fn script(body: &str) -> Script {
 }
 
 /// Redis-backed store (production).
+///
+/// Each thread gets its own multiplexed connection, created on first use in
+/// that thread's runtime: an HTTP worker's store calls then never hop to
+/// another thread (with one shared connection, every call woke the thread
+/// running its driver task, and context switches cost more than Redis).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Tells this store's connections apart in the per-thread cache.
+    id: u64,
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
 }
+
+thread_local! {
+    static CONNECTIONS: std::cell::RefCell<Vec<(u64, ConnectionManager)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl RedisStore {
     /// A store on `url` with keys under `prefix`. Connects lazily (and
@@ -59,10 +74,13 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        // Validate the configuration once, up front.
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(RedisStore {
-            conn,
+            client,
+            config,
+            id: NEXT_STORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts {
@@ -74,6 +92,21 @@ impl RedisStore {
                 snapshot: script(include_str!("lua/snapshot.lua")),
                 reset: script(include_str!("lua/reset.lua")),
             }),
+        })
+    }
+
+    /// This thread's connection (lazily connected, reconnecting by itself).
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        CONNECTIONS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, c)) = cache.iter().find(|(id, _)| *id == self.id) {
+                return Ok(c.clone());
+            }
+            let c =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            cache.push((self.id, c.clone()));
+            Ok(c)
         })
     }
 
@@ -89,25 +122,37 @@ impl RedisStore {
         format!("{}:event:{event_id}", self.prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    /// Bounds a call by the store timeout and maps its errors.
+    async fn timed<T>(
         &self,
-        inv: &redis::ScriptInvocation<'_>,
+        call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
             Err(_) => Err(StoreError::Timeout),
         }
     }
 
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        self.timed(inv.invoke_async(&mut conn)).await
+    }
+
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Timeout),
-        }
+        let mut conn = self.conn()?;
+        self.timed(cmd.query_async(&mut conn)).await
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        self.timed(pipe.query_async(&mut conn)).await
     }
 
     pub(super) async fn record(
@@ -147,11 +192,9 @@ impl RedisStore {
         let (existing,): (Option<String>,) = match self.query_pipe(&pipe).await {
             Err(StoreError::Unavailable(msg)) if msg.to_ascii_uppercase().contains("NOSCRIPT") => {
                 // First use on this server (or after SCRIPT FLUSH).
-                let mut conn = self.conn.clone();
-                tokio::time::timeout(self.timeout, script.prepare_invoke().load_async(&mut conn))
-                    .await
-                    .map_err(|_| StoreError::Timeout)?
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let mut conn = self.conn()?;
+                self.timed(script.prepare_invoke().load_async(&mut conn))
+                    .await?;
                 self.query_pipe(&pipe).await?
             }
             other => other?,
@@ -160,18 +203,6 @@ impl RedisStore {
             Some(response) => Recorded::Existing(response),
             None => Recorded::New,
         })
-    }
-
-    async fn query_pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Timeout),
-        }
     }
 
     pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {

@@ -46,7 +46,7 @@ impl Redis {
         )
         .expect("redis url");
         Redis {
-            store: Store::Redis(store),
+            store: Store::Redis(std::sync::Arc::new(store)),
             prefix,
         }
     }
