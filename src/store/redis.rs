@@ -4,11 +4,17 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `P:{pid}:ev:<event>` | hash | a pending event (slots, deadline, flags, response) |
+//! | `P:{pid}:ev:<event>` | string | a decided event, immutable: deadline, deferred flag, response, slots (see [`encode_event`]) |
+//! | `P:{pid}:st:<event>` | hash | what happened to it since: activation, moved deadline, per-slot learned flag, sum and count |
 //! | `P:{pid}:due` | zset | event ids by reward deadline |
 //! | `P:{pid}:learned` | stream | entries to learn, in order |
 //! | `P:{pid}:snap` | hash | `blob`, `cursor`, `epoch` |
 //! | `P:event:<event>` | string | the policy of an event (rewards name only the event) |
+//!
+//! Deciding costs three plain commands in one pipeline (`SET … NX GET PX`,
+//! `ZADD NX`, the index `SET`): no script runs on the request path. Rewards,
+//! activations and sweeps are Lua scripts, atomic on the server. Needs Redis
+//! 7.0 or newer (`SET` with both `NX` and `GET`).
 //!
 //! Policy and event ids are validated to `[A-Za-z0-9_.:-]` before they reach
 //! a key, so no input can break out of its key (no braces, no spaces).
@@ -25,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct Scripts {
-    record: Script,
     reward: Script,
     activate: Script,
     sweep: Script,
@@ -84,7 +89,6 @@ impl RedisStore {
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts {
-                record: script(include_str!("lua/record.lua")),
                 reward: script(include_str!("lua/reward.lua")),
                 activate: script(include_str!("lua/activate.lua")),
                 sweep: script(include_str!("lua/sweep.lua")),
@@ -116,6 +120,10 @@ impl RedisStore {
 
     fn event_key(&self, policy: &str, event_id: &str) -> String {
         format!("{}:{{{policy}}}:ev:{event_id}", self.prefix)
+    }
+
+    fn state_key(&self, policy: &str, event_id: &str) -> String {
+        format!("{}:{{{policy}}}:st:{event_id}", self.prefix)
     }
 
     fn index_key(&self, event_id: &str) -> String {
@@ -163,46 +171,34 @@ impl RedisStore {
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
         let ttl = (event.deadline_ms - now_ms).max(1) + rules.retention_ms;
-        let script = &self.scripts.record;
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(script.get_hash())
-            .arg(2)
+        let mut pipe = redis::pipe();
+        // Created only if absent; a retry gets the first decision back.
+        pipe.cmd("SET")
             .arg(self.event_key(policy, &event.event_id))
-            .arg(self.key(policy, "due"))
-            .arg(&event.event_id)
-            .arg(event.deadline_ms)
+            .arg(encode_event(event))
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
             .arg(ttl)
-            .arg(u8::from(event.deferred))
-            .arg(&event.response)
-            .arg(event.slots.len());
-        for s in &event.slots {
-            eval.arg(&s.action).arg(s.arm).arg(encode_vector(&s.x));
-        }
-        // The index (event → policy) lives outside the policy's slot, so it
-        // cannot be written by the script; it goes in the same pipeline, one
-        // round trip for the whole decision. For a retry it is rewritten with
-        // the same value, which is harmless.
-        let mut set = redis::cmd("SET");
-        set.arg(self.index_key(&event.event_id))
+            .cmd("ZADD")
+            .arg(self.key(policy, "due"))
+            .arg("NX")
+            .arg(event.deadline_ms)
+            .arg(&event.event_id)
+            .ignore()
+            // The index (event → policy) lives outside the policy's slot; a
+            // retry rewrites it with the same value, which is harmless.
+            .cmd("SET")
+            .arg(self.index_key(&event.event_id))
             .arg(policy)
             .arg("PX")
-            .arg(ttl);
-        let mut pipe = redis::pipe();
-        pipe.add_command(eval).add_command(set).ignore();
-        let (existing,): (Option<String>,) = match self.query_pipe(&pipe).await {
-            Err(StoreError::Unavailable(msg)) if msg.to_ascii_uppercase().contains("NOSCRIPT") => {
-                // First use on this server (or after SCRIPT FLUSH).
-                let mut conn = self.conn()?;
-                self.timed(script.prepare_invoke().load_async(&mut conn))
-                    .await?;
-                self.query_pipe(&pipe).await?
-            }
-            other => other?,
-        };
-        Ok(match existing {
-            Some(response) => Recorded::Existing(response),
-            None => Recorded::New,
-        })
+            .arg(ttl)
+            .ignore();
+        let (existing,): (Option<Vec<u8>>,) = self.query_pipe(&pipe).await?;
+        match existing {
+            None => Ok(Recorded::New),
+            Some(blob) => Ok(Recorded::Existing(decode_response(&blob)?)),
+        }
     }
 
     pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
@@ -221,6 +217,7 @@ impl RedisStore {
     ) -> Result<RewardOutcome, StoreError> {
         let mut inv = self.scripts.reward.prepare_invoke();
         inv.key(self.event_key(policy, event_id))
+            .key(self.state_key(policy, event_id))
             .key(self.key(policy, "learned"))
             .arg(event_id)
             .arg(action.unwrap_or(""))
@@ -249,6 +246,7 @@ impl RedisStore {
     ) -> Result<ActivateOutcome, StoreError> {
         let mut inv = self.scripts.activate.prepare_invoke();
         inv.key(self.event_key(policy, event_id))
+            .key(self.state_key(policy, event_id))
             .key(self.key(policy, "due"))
             .arg(event_id)
             .arg(now_ms)
@@ -290,6 +288,7 @@ impl RedisStore {
             .arg(now_ms)
             .arg(limit)
             .arg(self.event_key(policy, ""))
+            .arg(self.state_key(policy, ""))
             .arg(format_f64(rules.default_reward))
             .arg(u8::from(rules.sum));
         let rows: Vec<(String, String, String, String)> = self.run(&inv).await?;
@@ -384,6 +383,48 @@ impl RedisStore {
         let _: String = self.cmd(&redis::cmd("PING")).await?;
         Ok(())
     }
+}
+
+/// Encodes the immutable part of an event as `<len>:<bytes>` fields, read by
+/// the Lua scripts' `fields()`: format, deadline, deferred, response, slot
+/// count, then each slot's action, arm and little-endian feature vector.
+fn encode_event(event: &EventRecord) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(bytes.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::with_capacity(64 + event.response.len() + event.slots.len() * 300);
+    field(&mut out, b"1");
+    field(&mut out, event.deadline_ms.to_string().as_bytes());
+    field(&mut out, if event.deferred { b"1" } else { b"0" });
+    field(&mut out, event.response.as_bytes());
+    field(&mut out, event.slots.len().to_string().as_bytes());
+    for s in &event.slots {
+        field(&mut out, s.action.as_bytes());
+        field(&mut out, s.arm.to_string().as_bytes());
+        field(&mut out, &encode_vector(&s.x));
+    }
+    out
+}
+
+/// The stored response of an event blob (its fourth field).
+fn decode_response(blob: &[u8]) -> Result<String, StoreError> {
+    let corrupt = || StoreError::Corrupt("event blob".into());
+    let mut rest = blob;
+    for index in 0..4 {
+        let colon = rest.iter().position(|b| *b == b':').ok_or_else(corrupt)?;
+        let len: usize = std::str::from_utf8(&rest[..colon])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(corrupt)?;
+        let value = rest.get(colon + 1..colon + 1 + len).ok_or_else(corrupt)?;
+        if index == 3 {
+            return String::from_utf8(value.to_vec()).map_err(|_| corrupt());
+        }
+        rest = &rest[colon + 1 + len..];
+    }
+    Err(corrupt())
 }
 
 /// Shortest text that parses back to the same f64 (Rust's `Display`).
