@@ -6,6 +6,9 @@ use nudge::startup::Application;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Nudge: contextual-bandit decisions with true propensities.
 #[derive(Parser)]
 #[command(version, about)]

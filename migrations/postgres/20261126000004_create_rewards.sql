@@ -7,7 +7,7 @@ CREATE TABLE rewards (
     policy      TEXT             NOT NULL,
     action      TEXT             NOT NULL,
     reward      DOUBLE PRECISION NOT NULL,
-    signals     JSONB,
+    signals     JSON,
     is_default  BOOLEAN          NOT NULL,
     received_at TIMESTAMPTZ      NOT NULL,
     PRIMARY KEY (reward_id, received_at)

@@ -60,7 +60,7 @@ use tracing::{error, info};
 /// JSON kept as its text: serialised once on the request path, written as-is
 /// to JSON columns, and embedded verbatim in spool lines, so the log never
 /// builds a `serde_json::Value` tree per row. Two texts are equal when they
-/// denote the same JSON value (PostgreSQL's JSONB reorders keys).
+/// denote the same JSON value (a database may normalise the text).
 #[derive(Debug, Clone)]
 pub struct JsonText(String);
 

@@ -25,7 +25,7 @@ pub(super) const MONTHS_AHEAD: u32 = 3;
 const INSERT_DECISIONS: &str = "INSERT INTO decisions (event_id, policy, policy_version, \
     model_version, decided_at, context, actions, candidates, action, probability, slate, \
     deferred, degraded) \
-    SELECT e, p, pv, mv, t, c::jsonb, a::jsonb, k::jsonb, act, prob, s::jsonb, d, g \
+    SELECT e, p, pv, mv, t, c::json, a::json, k::json, act, prob, s::json, d, g \
     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::timestamptz[], \
     $6::text[], $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], \
     $12::bool[], $13::bool[]) AS u(e, p, pv, mv, t, c, a, k, act, prob, s, d, g) \
@@ -33,7 +33,7 @@ const INSERT_DECISIONS: &str = "INSERT INTO decisions (event_id, policy, policy_
 
 const INSERT_REWARDS: &str = "INSERT INTO rewards (reward_id, event_id, policy, action, \
     reward, signals, is_default, received_at) \
-    SELECT id::uuid, e, p, act, r, s::jsonb, dflt, t \
+    SELECT id::uuid, e, p, act, r, s::json, dflt, t \
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], \
     $7::bool[], $8::timestamptz[]) AS u(id, e, p, act, r, s, dflt, t) \
     ON CONFLICT DO NOTHING";

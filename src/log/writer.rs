@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, timeout};
 use tracing::{debug, error, info, warn};
@@ -144,23 +145,39 @@ impl Writer {
         maintain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let replay = self.can_replay();
-            let room = batch_size - buf.len();
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
                     }
                 }
-                n = rx.recv_many(&mut buf, room) => {
-                    if n == 0 {
-                        break; // every handle dropped
+                // The queue is drained on the tick, not awaited: a task
+                // waiting on the queue would be woken (across threads) by
+                // every record, which cost the request path more than the
+                // write itself. Full batches still go out at once.
+                _ = flush_tick.tick() => {
+                    let mut closed = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(record) => {
+                                buf.push(record);
+                                if buf.len() >= batch_size {
+                                    self.flush(&mut buf).await;
+                                }
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
                     }
                     self.shared.buffered.store(buf.len(), Ordering::Relaxed);
-                    if buf.len() >= batch_size {
-                        self.flush(&mut buf).await;
+                    self.flush(&mut buf).await;
+                    if closed {
+                        break; // every handle dropped
                     }
                 }
-                _ = flush_tick.tick() => self.flush(&mut buf).await,
                 _ = maintain_tick.tick() => self.maintain().await,
                 _ = std::future::ready(()), if replay => {
                     self.replay_step().await;
@@ -499,7 +516,7 @@ impl Writer {
         rx.close();
         let batch_size = self.config.batch_size;
         loop {
-            let room = batch_size - buf.len();
+            let room = batch_size.saturating_sub(buf.len()).max(1);
             if rx.recv_many(&mut buf, room).await == 0 {
                 break;
             }
