@@ -92,6 +92,15 @@ impl AppState {
     }
 }
 
+/// 503 `store_unavailable`: the model store failed; the caller may retry.
+pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the model store is unavailable, retry later: {e}"),
+    )
+}
+
 /// Reads a request body of at most `limit` bytes (413 `body_too_large`
 /// beyond, without reading the rest).
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {

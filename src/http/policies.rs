@@ -5,7 +5,6 @@ use super::error::ApiError;
 use crate::features::{FeatureDef, FeatureKind};
 use crate::policy::Mode;
 use crate::runtime::PolicyRuntime;
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -136,13 +135,7 @@ pub async fn reset(
     let rt = state.policy(&path, "id")?.clone();
     let done = rt.reset(&state.store, &state.metrics).await;
     state.store_result("reset", &done);
-    done.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
-        )
-    })?;
+    done.map_err(super::unavailable)?;
     tracing::info!(policy = rt.id(), "model reset");
     Ok(HttpResponse::Ok().json(json!({ "id": rt.id(), "model_version": rt.model().version() })))
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/reward` and `POST /v1/events/{event_id}/activate`.
 
 use super::error::ApiError;
-use super::{AppState, check_event_id, parse_json, read_body};
+use super::{AppState, check_event_id, parse_json, read_body, unavailable};
 use crate::log::{ActivationRow, JsonText, LogRecord, RewardRow};
 use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
@@ -48,14 +48,6 @@ fn unknown_event(event_id: &str) -> ApiError {
         format!("no open decision {event_id:?} (never made, window closed, or forgotten)"),
     )
     .at("event_id")
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        format!("the model store is unavailable, retry later: {e}"),
-    )
 }
 
 /// The policy of `event_id`: the one named in the request, or the store's.

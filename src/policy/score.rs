@@ -38,21 +38,15 @@ impl Scoring<'_> {
         let n = out.len();
         match self.policy.algorithm {
             Algorithm::Uniform => explore::uniform(out),
-            Algorithm::LinUcb => {
-                // Li et al. 2010, Algorithm 1: p = θᵀx + α √(xᵀA⁻¹x).
+            Algorithm::LinUcb | Algorithm::EpsilonGreedy => {
+                // LinUCB (Li et al. 2010, Algorithm 1): θᵀx + α √(xᵀA⁻¹x);
+                // epsilon-greedy: the ridge estimate θᵀx alone.
+                let alpha = (self.policy.algorithm == Algorithm::LinUcb).then_some(params.alpha);
                 let scores: Vec<f64> = (0..n)
                     .map(|i| {
                         let (arm, x) = self.arm_and_x(i);
-                        self.model.mean(arm, x) + params.alpha * self.model.quad_form(arm, x).sqrt()
-                    })
-                    .collect();
-                explore::epsilon_greedy(&scores, params.epsilon, out);
-            }
-            Algorithm::EpsilonGreedy => {
-                let scores: Vec<f64> = (0..n)
-                    .map(|i| {
-                        let (arm, x) = self.arm_and_x(i);
-                        self.model.mean(arm, x)
+                        let width = alpha.map_or(0.0, |a| a * self.model.quad_form(arm, x).sqrt());
+                        self.model.mean(arm, x) + width
                     })
                     .collect();
                 explore::epsilon_greedy(&scores, params.epsilon, out);
@@ -117,25 +111,13 @@ impl Scoring<'_> {
         let (f, m) = score_factor(g, n, d);
         let mut rng = explore::event_rng(&self.policy.id, event_id, Stream::Posterior);
         let mut z = vec![0.0; m];
-        let mut wins = vec![0u32; n];
-        for _ in 0..params.draws {
+        monte_carlo_wins(params.draws, params.epsilon, out, || {
             z.iter_mut()
                 .for_each(|v| *v = StandardNormal.sample(&mut rng));
-            let mut best = f64::NEG_INFINITY;
-            let mut winner = 0;
-            for i in 0..n {
-                let s = mean[i] + params.v * crate::model::dot(&f[i * m..(i + 1) * m], &z);
-                if s > best {
-                    best = s;
-                    winner = i;
-                }
-            }
-            wins[winner] += 1;
-        }
-        for (p, w) in out.iter_mut().zip(&wins) {
-            *p = f64::from(*w);
-        }
-        explore::mix_floor(out, params.epsilon);
+            first_max(
+                (0..n).map(|i| mean[i] + params.v * crate::model::dot(&f[i * m..(i + 1) * m], &z)),
+            )
+        });
     }
 
     /// Beta-Bernoulli TS (Thompson 1933; Chapelle & Li 2011): arm `a` draws
@@ -143,7 +125,6 @@ impl Scoring<'_> {
     /// `draws` seeded draws, and the action is drawn from that estimate.
     fn beta_ts(&self, event_id: &str, out: &mut [f64]) {
         let params = &self.policy.params;
-        let n = out.len();
         let posteriors: Vec<Beta<f64>> = self
             .candidates
             .iter()
@@ -155,24 +136,14 @@ impl Scoring<'_> {
             })
             .collect();
         let mut rng = explore::event_rng(&self.policy.id, event_id, Stream::Posterior);
-        let mut wins = vec![0u32; n];
-        for _ in 0..params.draws {
-            let mut best = f64::NEG_INFINITY;
-            let mut winner = 0;
-            for (i, b) in posteriors.iter().enumerate() {
-                // Tiny jitter breaks exact ties between equal draws fairly.
-                let s = b.sample(&mut rng) + 1e-15 * rng.random::<f64>();
-                if s > best {
-                    best = s;
-                    winner = i;
-                }
-            }
-            wins[winner] += 1;
-        }
-        for (p, w) in out.iter_mut().zip(&wins) {
-            *p = f64::from(*w);
-        }
-        explore::mix_floor(out, params.epsilon);
+        monte_carlo_wins(params.draws, params.epsilon, out, || {
+            // Tiny jitter breaks exact ties between equal draws fairly.
+            first_max(
+                posteriors
+                    .iter()
+                    .map(|b| b.sample(&mut rng) + 1e-15 * rng.random::<f64>()),
+            )
+        });
     }
 }
 
@@ -191,4 +162,30 @@ fn score_factor(g: Vec<f64>, n: usize, d: usize) -> (Vec<f64>, usize) {
         Ok(h) if h.iter().all(|v| v.is_finite()) => (h.into_raw_vec_and_offset().0, n),
         _ => (gm.into_raw_vec_and_offset().0, d),
     }
+}
+
+/// Counts, over `draws` calls of `winner`, how often each candidate wins,
+/// and writes the shares mixed with the exploration floor into `out`.
+fn monte_carlo_wins(draws: u32, epsilon: f64, out: &mut [f64], mut winner: impl FnMut() -> usize) {
+    let mut wins = vec![0u32; out.len()];
+    for _ in 0..draws {
+        wins[winner()] += 1;
+    }
+    for (p, w) in out.iter_mut().zip(&wins) {
+        *p = f64::from(*w);
+    }
+    explore::mix_floor(out, epsilon);
+}
+
+/// Index of the first strict maximum.
+fn first_max(scores: impl Iterator<Item = f64>) -> usize {
+    let mut best = f64::NEG_INFINITY;
+    let mut winner = 0;
+    for (i, s) in scores.enumerate() {
+        if s > best {
+            best = s;
+            winner = i;
+        }
+    }
+    winner
 }
