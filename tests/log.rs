@@ -128,6 +128,9 @@ fn decision(i: usize, at: DateTime<Utc>) -> DecisionRow {
         context: json!({
             "user": {"age": i, "country": "FR", "embedding": [0.25, -1.5e-7, 3.0]},
             "note": "héllo \"quoted\" ✓",
+            // COPY's text format escapes these four; JSON text holds their
+            // escapes, so backslashes reach the escaping code.
+            "controls": "tab\tnewline\ncr\rbackslash\\",
         })
         .into(),
         actions: i

@@ -360,15 +360,21 @@ fn encode_side<S: FeatureSource + ?Sized>(
         feature: def.to_string(),
         problem,
     };
-    if unknown == UnknownFeatures::Reject
-        && let Some(name) = src.names().find(|n| !defs.iter().any(|d| d.name == *n))
-    {
-        return Err(err(name, FeatureProblem::Unknown));
-    }
+    let mut found = 0;
     for (i, def) in defs.iter().enumerate() {
         let slot = &mut out[def.offset..def.offset + def.kind.width()];
         let value = src.feature_near(&def.name, i);
+        found += usize::from(value.is_some());
         encode_one(&def.kind, value, slot).map_err(|p| err(&def.name, p))?;
+    }
+    // Every present name that a declared feature found is declared; only a
+    // source with more names than that needs the (quadratic) search for the
+    // undeclared one.
+    if unknown == UnknownFeatures::Reject
+        && src.name_count() != Some(found)
+        && let Some(name) = src.names().find(|n| !defs.iter().any(|d| d.name == *n))
+    {
+        return Err(err(name, FeatureProblem::Unknown));
     }
     Ok(())
 }

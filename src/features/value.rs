@@ -2,6 +2,7 @@
 //! reads through, so any map (or a borrowed request) can be encoded without
 //! copying.
 
+use compact_str::CompactString;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ impl Serialize for FeatureValue {
 /// pairs (a linear scan beats hashing for the handful of features a request
 /// has). Duplicate names are an error.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Features(pub Vec<(String, FeatureValue)>);
+pub struct Features(pub Vec<(CompactString, FeatureValue)>);
 
 impl<'de> Deserialize<'de> for Features {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -101,14 +102,21 @@ impl<'de> Deserialize<'de> for Features {
                 f.write_str("an object of named features")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
-                let mut out: Vec<(String, FeatureValue)> =
+                let mut out: Vec<(CompactString, FeatureValue)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8).min(1024));
-                while let Some(name) = map.next_key::<String>()? {
-                    if out.iter().any(|(n, _)| *n == name) {
+                // A 256-bit filter of name hashes: only a name whose bit is
+                // already set is compared with the names before it, so the
+                // duplicate check is linear, not quadratic, in the count.
+                let mut seen = [0u64; 4];
+                while let Some(name) = map.next_key::<CompactString>()? {
+                    let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as usize & 255;
+                    let bit = 1u64 << (h & 63);
+                    if seen[h >> 6] & bit != 0 && out.iter().any(|(n, _)| *n == name) {
                         return Err(de::Error::custom(format_args!(
                             "duplicate feature `{name}`"
                         )));
                     }
+                    seen[h >> 6] |= bit;
                     let value = map.next_value::<FeatureValue>()?;
                     out.push((name, value));
                 }
@@ -135,6 +143,9 @@ impl FeatureSource for Features {
     }
     fn names(&self) -> impl Iterator<Item = &str> {
         self.0.as_slice().names()
+    }
+    fn name_count(&self) -> Option<usize> {
+        Some(self.0.len())
     }
     fn feature_near(&self, name: &str, hint: usize) -> Option<FeatureRef<'_>> {
         self.0.as_slice().feature_near(name, hint)
@@ -184,6 +195,12 @@ pub trait FeatureSource {
     fn feature(&self, name: &str) -> Option<FeatureRef<'_>>;
     /// Every name present (used only to reject undeclared features).
     fn names(&self) -> impl Iterator<Item = &str>;
+    /// How many names are present (a repeated name counted each time), when
+    /// that is cheap to know: a caller that found this many of the names it
+    /// declares knows there is no undeclared one without scanning for it.
+    fn name_count(&self) -> Option<usize> {
+        None
+    }
     /// Like [`FeatureSource::feature`], told where the name is likely to be
     /// (its position in the spec): ordered sources check there first, so a
     /// request that lists features in spec order costs one comparison each.
@@ -199,6 +216,9 @@ impl FeatureSource for HashMap<String, FeatureValue> {
     fn names(&self) -> impl Iterator<Item = &str> {
         self.keys().map(String::as_str)
     }
+    fn name_count(&self) -> Option<usize> {
+        Some(HashMap::len(self))
+    }
 }
 
 impl FeatureSource for BTreeMap<String, FeatureValue> {
@@ -211,24 +231,36 @@ impl FeatureSource for BTreeMap<String, FeatureValue> {
 }
 
 /// A small request's features as pairs: a linear scan beats hashing for the
-/// handful of features a decision carries.
-impl FeatureSource for [(String, FeatureValue)] {
+/// handful of features a decision carries. Names may be any string type.
+impl<K: AsRef<str>> FeatureSource for [(K, FeatureValue)] {
     fn feature(&self, name: &str) -> Option<FeatureRef<'_>> {
         self.iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| n.as_ref() == name)
             .map(|(_, v)| v.as_ref())
     }
     fn names(&self) -> impl Iterator<Item = &str> {
-        self.iter().map(|(n, _)| n.as_str())
+        self.iter().map(|(n, _)| n.as_ref())
+    }
+    fn name_count(&self) -> Option<usize> {
+        Some(<[_]>::len(self))
+    }
+    fn feature_near(&self, name: &str, hint: usize) -> Option<FeatureRef<'_>> {
+        match self.get(hint) {
+            Some((n, v)) if n.as_ref() == name => Some(v.as_ref()),
+            _ => self.feature(name),
+        }
     }
 }
 
-impl FeatureSource for Vec<(String, FeatureValue)> {
+impl<K: AsRef<str>> FeatureSource for Vec<(K, FeatureValue)> {
     fn feature(&self, name: &str) -> Option<FeatureRef<'_>> {
         self.as_slice().feature(name)
     }
     fn names(&self) -> impl Iterator<Item = &str> {
         self.as_slice().names()
+    }
+    fn name_count(&self) -> Option<usize> {
+        Some(<Vec<_>>::len(self))
     }
     fn feature_near(&self, name: &str, hint: usize) -> Option<FeatureRef<'_>> {
         self.as_slice().feature_near(name, hint)

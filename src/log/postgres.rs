@@ -38,10 +38,193 @@ const INSERT_REWARDS: &str = "INSERT INTO rewards (reward_id, event_id, policy, 
     $7::bool[], $8::timestamptz[]) AS u(id, e, p, act, r, s, dflt, t) \
     ON CONFLICT DO NOTHING";
 
+const COPY_DECISIONS: &str = "COPY decisions (event_id, policy, policy_version, model_version, \
+    decided_at, context, actions, candidates, action, probability, slate, deferred, degraded) \
+    FROM STDIN";
+
+const COPY_REWARDS: &str = "COPY rewards (reward_id, event_id, policy, action, reward, signals, \
+    is_default, received_at) FROM STDIN";
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Writes one batch in one transaction: decisions, then activations, then
-/// rewards. Inserts skip rows whose key already exists, so replaying a batch
-/// never duplicates; an activation only fills `activated_at` if unset.
+/// rewards; an activation only fills `activated_at` if unset.
+///
+/// The usual batch holds only new rows, and goes in with `COPY`, the
+/// cheapest way into PostgreSQL (no per-row conflict check). A batch that
+/// repeats a row already stored (a spool replay, a retry of a commit whose
+/// answer was lost) fails that `COPY` as a whole, and is then written again
+/// with inserts that skip existing keys, so replaying never duplicates.
 pub(super) async fn write(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
+    match write_copy(pool, batch).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            debug!("decision log: batch repeats stored rows; writing it idempotently");
+            write_idempotent(pool, batch).await
+        }
+        other => other,
+    }
+}
+
+async fn write_copy(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
+    let mut applied = Applied::default();
+    let mut tx = pool.begin().await?;
+    if !batch.decisions.is_empty() {
+        let mut buf = String::with_capacity(batch.decisions.len() * 1024);
+        for d in &batch.decisions {
+            copy_row(&mut buf, |row| {
+                row.text(&d.event_id);
+                row.text(&d.policy);
+                row.display(d.policy_version);
+                row.display(d.model_version);
+                row.time(d.decided_at);
+                row.text(d.context.as_str());
+                row.opt_text(d.actions.as_ref().map(JsonText::as_str));
+                row.text(d.candidates.as_str());
+                row.text(&d.action);
+                row.display(d.probability);
+                row.opt_text(d.slate.as_ref().map(JsonText::as_str));
+                row.bool(d.deferred);
+                row.bool(d.degraded);
+            });
+        }
+        applied.inserted += copy_in(&mut tx, COPY_DECISIONS, buf).await?;
+    }
+    activate(&mut tx, batch, &mut applied).await?;
+    if !batch.rewards.is_empty() {
+        let mut buf = String::with_capacity(batch.rewards.len() * 256);
+        for r in &batch.rewards {
+            copy_row(&mut buf, |row| {
+                row.display(r.reward_id.hyphenated());
+                row.text(&r.event_id);
+                row.text(&r.policy);
+                row.text(&r.action);
+                row.display(r.reward);
+                row.opt_text(r.signals.as_ref().map(JsonText::as_str));
+                row.bool(r.is_default);
+                row.time(r.received_at);
+            });
+        }
+        applied.inserted += copy_in(&mut tx, COPY_REWARDS, buf).await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+async fn copy_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    statement: &str,
+    data: String,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    if let Err(e) = copy.send(data.into_bytes()).await {
+        // Leave the connection usable; the send error is the one to report.
+        let _ = copy.abort("send failed").await;
+        return Err(e);
+    }
+    copy.finish().await
+}
+
+/// One line of `COPY … FROM STDIN` text format: fields separated by tabs,
+/// `\N` for NULL, and backslash, newline, carriage return and tab escaped in
+/// text (JSON text may hold raw tabs; everything else it escapes itself).
+struct CopyRow<'a> {
+    buf: &'a mut String,
+    first: bool,
+}
+
+impl CopyRow<'_> {
+    fn sep(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.buf.push('\t');
+        }
+    }
+    fn text(&mut self, s: &str) {
+        self.sep();
+        // Vectorised searches instead of a byte loop: JSON text rarely holds
+        // any of these. The carriage return is a fourth byte `memchr3` cannot
+        // take, so its next position is tracked on its own.
+        let bytes = s.as_bytes();
+        let mut done = 0;
+        let mut next_cr = memchr::memchr(b'\r', bytes);
+        loop {
+            let other = memchr::memchr3(b'\\', b'\t', b'\n', &bytes[done..]).map(|i| done + i);
+            let Some(i) = other.into_iter().chain(next_cr).min() else {
+                break;
+            };
+            self.buf.push_str(&s[done..i]);
+            self.buf.push_str(match bytes[i] {
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => {
+                    next_cr = memchr::memchr(b'\r', &bytes[i + 1..]).map(|j| i + 1 + j);
+                    "\\r"
+                }
+                _ => "\\t",
+            });
+            done = i + 1;
+        }
+        self.buf.push_str(&s[done..]);
+    }
+    fn opt_text(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.text(s),
+            None => {
+                self.sep();
+                self.buf.push_str("\\N");
+            }
+        }
+    }
+    /// Numbers and UUIDs: their `Display` needs no escaping. `f64`'s is the
+    /// shortest text that parses back to the same value, so probabilities
+    /// and rewards are stored exactly.
+    fn display(&mut self, v: impl std::fmt::Display) {
+        use std::fmt::Write;
+        self.sep();
+        let _ = write!(self.buf, "{v}");
+    }
+    fn bool(&mut self, v: bool) {
+        self.sep();
+        self.buf.push(if v { 't' } else { 'f' });
+    }
+    fn time(&mut self, t: chrono::DateTime<chrono::Utc>) {
+        self.sep();
+        self.buf
+            .push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+}
+
+fn copy_row(buf: &mut String, fields: impl FnOnce(&mut CopyRow<'_>)) {
+    fields(&mut CopyRow { buf, first: true });
+    buf.push('\n');
+}
+
+/// Sets `activated_at` of each activated decision (unless already set), and
+/// collects the activations whose decision is not stored (yet).
+async fn activate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &Batch<'_>,
+    applied: &mut Applied,
+) -> Result<(), sqlx::Error> {
+    for a in &batch.activations {
+        let done = sqlx::query(
+            "UPDATE decisions SET activated_at = COALESCE(activated_at, $2) WHERE event_id = $1",
+        )
+        .bind(&a.event_id)
+        .bind(a.activated_at)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            applied.unmatched.push((*a).clone());
+        } else {
+            applied.activated += 1;
+        }
+    }
+    Ok(())
+}
+
+/// [`write`] with inserts that skip rows whose key already exists.
+async fn write_idempotent(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
     let mut tx = pool.begin().await?;
     for chunk in batch.decisions.chunks(CHUNK) {
@@ -66,20 +249,7 @@ pub(super) async fn write(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, s
             .await?;
         applied.inserted += done.rows_affected();
     }
-    for a in &batch.activations {
-        let done = sqlx::query(
-            "UPDATE decisions SET activated_at = COALESCE(activated_at, $2) WHERE event_id = $1",
-        )
-        .bind(&a.event_id)
-        .bind(a.activated_at)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            applied.unmatched.push((*a).clone());
-        } else {
-            applied.activated += 1;
-        }
-    }
+    activate(&mut tx, batch, &mut applied).await?;
     for chunk in batch.rewards.chunks(CHUNK) {
         let col = |f: fn(&RewardRow) -> &str| chunk.iter().map(|r| f(r)).collect::<Vec<&str>>();
         let done = sqlx::query(INSERT_REWARDS)
