@@ -32,7 +32,7 @@ pub struct Settings {
     /// `NUDGE_ADMIN_TOKEN`: bearer token required by admin routes (reset);
     /// unset = admin routes are open (embedded use).
     pub admin_token: Option<String>,
-    /// `NUDGE_LOG_BATCH_SIZE`: log rows per batch insert.
+    /// `NUDGE_LOG_BATCH_SIZE`: most log rows per database write.
     pub log_batch_size: usize,
     /// `NUDGE_LOG_FLUSH_MS`: flush the log at least this often.
     pub log_flush_ms: u64,
@@ -71,7 +71,7 @@ impl Default for Settings {
             database_url: "sqlite://nudge.db".into(),
             migrate: true,
             admin_token: None,
-            log_batch_size: 500,
+            log_batch_size: 5000,
             log_flush_ms: 100,
             log_queue: 100_000,
             sync_ms: 20,

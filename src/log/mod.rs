@@ -214,13 +214,13 @@ pub struct LogSettings {
 }
 
 impl LogSettings {
-    /// Settings with the defaults: batches of 500, flushed at least every
+    /// Settings with the defaults: batches of up to 5000, flushed at least every
     /// 200 ms, a queue of 10 000 records, migrations applied.
     pub fn new(database_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> LogSettings {
         LogSettings {
             database_url: database_url.into(),
             data_dir: data_dir.into(),
-            batch_size: 500,
+            batch_size: 5000,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 10_000,
             migrate: true,
