@@ -333,10 +333,11 @@ fn bad_requests() -> Vec<(Vec<u8>, u16, &'static str, Option<&'static str>)> {
             Some("context.x[1]"),
         ),
         (
+            // Valid JSON syntax that no f64 holds: named, as the field it is in.
             b"{\"policy\":\"push\",\"context\":{\"x\":[1e999,0,0]}}".to_vec(),
             400,
             "invalid_json",
-            None,
+            Some("context.x[0]"),
         ),
         (
             j(json!({"policy": "push", "context": {"x": null}})),

@@ -1,7 +1,7 @@
 //! `POST /v1/decide`: one action, or a ranked slate, with its propensities.
 
 use super::error::ApiError;
-use super::{AppState, check_event_id, parse_json, read_body};
+use super::{AppState, check_event_id, parse_field, parse_json, read_body};
 use crate::features::Features;
 use crate::log::{DecisionRow, JsonText, LogRecord};
 use crate::policy::{DecideError, DecideRequest, Decision, Mode};
@@ -9,6 +9,7 @@ use crate::store::{EventRecord, Recorded, Slot};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::time::Instant;
 use utoipa::ToSchema;
 
@@ -21,10 +22,12 @@ pub struct DecideBody {
     /// Idempotency key: a retry with the same id gets the same decision.
     /// Generated (UUIDv7) when absent. `[A-Za-z0-9_.:-]{1,128}`.
     pub event_id: Option<String>,
-    /// Context features: `{name: number | string | bool | [numbers]}`.
-    #[serde(default)]
+    /// Context features: `{name: number | string | bool | [numbers]}`. Kept
+    /// as the text sent (parsed by [`parse_field`]), which is what the log
+    /// records.
+    #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
-    pub context: Features,
+    pub context: Box<RawValue>,
     /// Shared-mode policies: the candidate actions with their features.
     #[serde(default)]
     #[schema(value_type = Vec<ActionSchema>)]
@@ -38,6 +41,10 @@ pub struct DecideBody {
     /// `POST /v1/events/{event_id}/activate`.
     #[serde(default)]
     pub defer: bool,
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("`{}` is JSON")
 }
 
 /// A candidate action (schema only).
@@ -133,6 +140,7 @@ pub async fn decide(
     let started = Instant::now();
     let body = read_body(payload, state.settings.max_body_bytes).await?;
     let body: DecideBody = parse_json(&body)?;
+    let context: Features = parse_field(body.context.get(), "context")?;
     let runtime = state.policy(&body.policy, "policy")?.clone();
     let event_id = match body.event_id {
         Some(id) => {
@@ -170,7 +178,7 @@ pub async fn decide(
     let spec = policy.spec();
     let request = DecideRequest {
         event_id: &event_id,
-        context: &body.context,
+        context: &context,
         actions: &body.actions,
         excluded: &body.excluded,
         k,
@@ -251,7 +259,7 @@ pub async fn decide(
         policy_version: spec.version as i32,
         model_version: decision.model_version as i64,
         decided_at: now,
-        context: JsonText::of(&body.context),
+        context: JsonText::verbatim(body.context).unwrap_or_else(|| JsonText::of(&context)),
         actions: (spec.mode == Mode::Shared).then(|| JsonText::of(&body.actions)),
         candidates: JsonText::of(
             &ids.iter()

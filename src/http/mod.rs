@@ -165,6 +165,34 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Parses `text`, the JSON of the request's field `field`, into `T`; a type
+/// error names the offending path below `field` (`invalid_field`).
+pub fn parse_field<T: DeserializeOwned>(text: &str, field: &str) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_str::<T>(text) {
+        return Ok(value);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // The text is valid JSON syntax, but a number may still be out of
+        // range for an f64: that stays `invalid_json`, as for a whole body.
+        let code = if inner.is_data() {
+            "invalid_field"
+        } else {
+            "invalid_json"
+        };
+        ApiError {
+            field: Some(if path == "." {
+                field.to_owned()
+            } else {
+                format!("{field}.{path}")
+            }),
+            ..ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string())
+        }
+    })
+}
+
 /// Event ids: 1 to 128 characters of `[A-Za-z0-9_.:-]` — safe in keys,
 /// logs and URLs.
 pub fn check_event_id(id: &str, field: &str) -> Result<(), ApiError> {

@@ -70,6 +70,16 @@ impl JsonText {
         JsonText(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
     }
 
+    /// Keeps JSON text as it came (a request's own bytes: nothing to
+    /// serialise again), unless it spans lines: a spool record is one line,
+    /// so such text is refused and the caller serialises its parsed value.
+    pub fn verbatim(raw: Box<serde_json::value::RawValue>) -> Option<JsonText> {
+        let text = Box::<str>::from(raw);
+        memchr::memchr2(b'\n', b'\r', text.as_bytes())
+            .is_none()
+            .then(|| JsonText(text.into()))
+    }
+
     /// The JSON text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -118,3 +118,13 @@ fn a_second_log_cannot_take_a_spool_in_use() {
     drop(first);
     Spool::open(dir.path(), bytes).unwrap();
 }
+
+#[test]
+fn verbatim_json_is_kept_as_sent_unless_it_spans_lines() {
+    let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_owned()).unwrap();
+    let kept = JsonText::verbatim(raw(r#"{ "a":1.50,"b" : "x\ny" }"#)).unwrap();
+    assert_eq!(kept.as_str(), r#"{ "a":1.50,"b" : "x\ny" }"#);
+    // A spool record is one line: text with a line break is refused.
+    assert!(JsonText::verbatim(raw("{\n\"a\": 1}")).is_none());
+    assert!(JsonText::verbatim(raw("{\r\"a\": 1}")).is_none());
+}
