@@ -128,9 +128,16 @@ impl EventCsv {
         if self.eof {
             return Ok(false);
         }
-        let more = self.reader.read_byte_record(&mut self.record).map_err(|e| {
-            anyhow::anyhow!("{}:{}: malformed CSV: {e}", self.path.display(), self.line + 1)
-        })?;
+        let more = self
+            .reader
+            .read_byte_record(&mut self.record)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}: malformed CSV: {e}",
+                    self.path.display(),
+                    self.line + 1
+                )
+            })?;
         if !more {
             self.eof = true;
             return Ok(false);
@@ -166,7 +173,11 @@ impl EventCsv {
             return Ok(false);
         }
         let id = std::str::from_utf8(&self.record[0]).map_err(|_| {
-            anyhow::anyhow!("{}:{}: field `event_id`: not UTF-8", self.path.display(), self.line)
+            anyhow::anyhow!(
+                "{}:{}: field `event_id`: not UTF-8",
+                self.path.display(),
+                self.line
+            )
         })?;
         self.group_id.clear();
         self.group_id.push_str(id);
@@ -176,7 +187,11 @@ impl EventCsv {
                 break;
             }
             let action = std::str::from_utf8(&self.record[1]).map_err(|_| {
-                anyhow::anyhow!("{}:{}: field `action`: not UTF-8", self.path.display(), self.line)
+                anyhow::anyhow!(
+                    "{}:{}: field `action`: not UTF-8",
+                    self.path.display(),
+                    self.line
+                )
             })?;
             let raw = self.field(2, self.value_column)?;
             let value: f64 = raw.trim().parse().map_err(|_| {
@@ -262,13 +277,15 @@ impl PolicyCandidate {
         let fixed = match snapshot {
             None => policy.new_model(),
             Some(s) => {
-                let bytes = std::fs::read(s).with_context(|| format!("cannot read {}", s.display()))?;
+                let bytes =
+                    std::fs::read(s).with_context(|| format!("cannot read {}", s.display()))?;
                 let state = nudge::model::codec::decode(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: not a model snapshot: {e}", s.display()))?;
                 let params = &policy.spec().params;
                 let model = LinearModel::from_state(state, params.lambda, params.refactor_every)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", s.display()))?;
-                if model.dim() != policy.spec().features.dim() || model.arms() != policy.model_arms()
+                if model.dim() != policy.spec().features.dim()
+                    || model.arms() != policy.model_arms()
                 {
                     bail!(
                         "{}: the snapshot has {} arms of dimension {}, policy {} needs {} of \

@@ -115,8 +115,14 @@ fn record(
     let context = json("context", &context)?;
     let actions = actions.map(|a| json("actions", &a)).transpose()?;
     let mut de = serde_json::Deserializer::from_str(&candidates);
-    let candidates: Vec<CandidateProb> = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| anyhow::anyhow!("{origin}: field `candidates{}`: {}", path_suffix(&e), e.inner()))?;
+    let candidates: Vec<CandidateProb> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            anyhow::anyhow!(
+                "{origin}: field `candidates{}`: {}",
+                path_suffix(&e),
+                e.inner()
+            )
+        })?;
     Ok(LogRecord {
         event_id,
         origin: Origin::Row(origin),

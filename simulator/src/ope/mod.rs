@@ -307,8 +307,9 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 }
                 Kind::Policy(cand) => {
                     let step = cand.step(&rec, reward)?;
-                    let round =
-                        round_of(&rec, reward, &step.distribution, q, &|| rec.origin.to_string())?;
+                    let round = round_of(&rec, reward, &step.distribution, q, &|| {
+                        rec.origin.to_string()
+                    })?;
                     slot.main.push(round);
                     if let Some(r) = slot.replay.as_mut() {
                         r.push(Round {
@@ -357,9 +358,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     let rep = r.finish(&[Estimator::Replay])?;
                     ev.estimates[pos] = rep.estimates[0].clone();
                     ev.diagnostics.replay_match_rate = rep.diagnostics.replay_match_rate;
-                    ev.diagnostics
-                        .warnings
-                        .retain(|w| !w.starts_with("replay"));
+                    ev.diagnostics.warnings.retain(|w| !w.starts_with("replay"));
                     ev.diagnostics.warnings.extend(
                         rep.diagnostics
                             .warnings

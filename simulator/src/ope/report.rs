@@ -135,10 +135,7 @@ pub fn plot(path: &Path, outcome: &Outcome) -> anyhow::Result<()> {
     if points.is_empty() {
         bail!("nothing to plot: no finite estimate");
     }
-    let size = (
-        (160 + 70 * points.len() as u32).clamp(640, 2400),
-        480u32,
-    );
+    let size = ((160 + 70 * points.len() as u32).clamp(640, 2400), 480u32);
     match ext.as_deref() {
         Some("png") => {
             let root = plotters::prelude::BitMapBackend::new(path, size);
@@ -197,9 +194,12 @@ where
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
-        .draw_series(points.iter().enumerate().map(|(i, p)| {
-            ErrorBar::new_vertical(i as f64, p.1, p.2, p.3, BLUE.filled(), 10)
-        }))
+        .draw_series(
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ErrorBar::new_vertical(i as f64, p.1, p.2, p.3, BLUE.filled(), 10)),
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .draw_series(

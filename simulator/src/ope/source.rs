@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::fmt;
 use std::fs::File;
-use std::sync::Arc;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a record came from, for error messages: `file:line`, or a
 /// database row. Formatting is deferred to when a message needs it.
@@ -293,7 +293,9 @@ impl ObdReader {
             features: headers
                 .iter()
                 .enumerate()
-                .filter(|(_, h)| h.starts_with("user_feature_") || h.starts_with("user-item_affinity_"))
+                .filter(|(_, h)| {
+                    h.starts_with("user_feature_") || h.starts_with("user-item_affinity_")
+                })
                 .map(|(i, h)| (i, h.to_string()))
                 .collect(),
         };
