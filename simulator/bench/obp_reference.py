@@ -34,6 +34,8 @@ q_hat = q["estimate"].values.reshape(n, k)[:, :, None]
 feedback = {
     "n_rounds": n,
     "n_actions": k,
+    # OffPolicyEvaluation requires the key; the estimators here do not use it.
+    "context": log[[c for c in log.columns if c.startswith("user_feature_")]].values,
     "action": log["item_id"].values,
     "reward": log["click"].values,
     "pscore": log["propensity_score"].values,

@@ -171,9 +171,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plot {
         report::plot(path, &outcome)?;
     }
-    for (name, ev) in &outcome.candidates {
-        for w in &ev.diagnostics.warnings {
-            eprintln!("warning: {name}: {w}");
+    // The table shows warnings inline; with JSON on stdout, say them on
+    // stderr too so that a person running it sees them.
+    if format == Format::Json {
+        for (name, ev) in &outcome.candidates {
+            for w in &ev.diagnostics.warnings {
+                eprintln!("warning: {name}: {w}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
