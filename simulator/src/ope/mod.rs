@@ -140,7 +140,7 @@ struct Slot {
 }
 
 enum Kind {
-    Target(EventCsv),
+    Target(Box<EventCsv>),
     Policy(Box<PolicyCandidate>),
     /// The learning replay of the policy slot at this index.
     Learning(usize),
@@ -257,7 +257,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             name: p.display().to_string(),
             main: Accumulator::new(opts.clone(), has_model)?,
             replay: None,
-            kind: Kind::Target(EventCsv::open(p, "probability")?),
+            kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
         });
     }
 

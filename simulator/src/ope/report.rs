@@ -135,7 +135,16 @@ pub fn plot(path: &Path, outcome: &Outcome) -> anyhow::Result<()> {
     if points.is_empty() {
         bail!("nothing to plot: no finite estimate");
     }
-    let size = ((160 + 70 * points.len() as u32).clamp(640, 2400), 480u32);
+    // A forest plot: one row per (candidate, estimator), labels on the left.
+    let longest = points
+        .iter()
+        .map(|p| p.0.chars().count())
+        .max()
+        .unwrap_or(10) as u32;
+    let size = (
+        (longest * 8 + 560).min(2400),
+        (110 + 30 * points.len() as u32).min(4000),
+    );
     match ext.as_deref() {
         Some("png") => {
             let root = plotters::prelude::BitMapBackend::new(path, size);
@@ -166,39 +175,42 @@ where
     let hi = points.iter().map(|p| p.3).fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.1).max(1e-6);
     let n = points.len();
+    let longest = points
+        .iter()
+        .map(|p| p.0.chars().count())
+        .max()
+        .unwrap_or(10) as u32;
     let mut chart = ChartBuilder::on(&root)
         .caption("Off-policy estimates and intervals", ("sans-serif", 20))
         .margin(12)
-        .x_label_area_size(90)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (lo - pad)..(hi + pad))
+        .x_label_area_size(40)
+        .y_label_area_size(longest * 8 + 20)
+        .build_cartesian_2d((lo - pad)..(hi + pad), -0.5f64..(n as f64 - 0.5))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < n {
-                points[i as usize].0.clone()
+        .y_labels(n)
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < n {
+                // Row 0 at the top.
+                points[n - 1 - i as usize].0.clone()
             } else {
                 String::new()
             }
         })
-        .x_label_style(
-            ("sans-serif", 12)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
-        .y_desc("policy value")
-        .disable_x_mesh()
+        .y_label_style(("sans-serif", 13))
+        .x_desc("policy value")
+        .disable_y_mesh()
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let row = |i: usize| (n - 1 - i) as f64;
     chart
         .draw_series(
             points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| ErrorBar::new_vertical(i as f64, p.1, p.2, p.3, BLUE.filled(), 10)),
+                .map(|(i, p)| ErrorBar::new_horizontal(row(i), p.1, p.2, p.3, BLUE.filled(), 10)),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
@@ -206,7 +218,7 @@ where
             points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| Circle::new((i as f64, p.2), 4, RED.filled())),
+                .map(|(i, p)| Circle::new((p.2, row(i)), 4, RED.filled())),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -83,10 +83,10 @@ impl Filter {
         {
             return false;
         }
-        if let Some(at) = at {
-            if self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at >= u) {
-                return false;
-            }
+        if let Some(at) = at
+            && (self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at >= u))
+        {
+            return false;
         }
         true
     }
