@@ -208,6 +208,13 @@ pub fn plot_curves(path: &Path, environment: &str, runs: &[PolicyRun]) -> anyhow
     .with_context(|| format!("writing {}", path.display()))
 }
 
+/// One panel of the curves plot: its area, its label and what it shows.
+type Panel<'a, DB> = (
+    &'a DrawingArea<DB, plotters::coord::Shift>,
+    &'a str,
+    &'a dyn Fn(&CurvePoint) -> f64,
+);
+
 fn draw_curves<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
     environment: &str,
@@ -237,11 +244,7 @@ fn draw_curves<DB: DrawingBackend>(
             (0.0, 1.0)
         }
     };
-    let panels: [(
-        &DrawingArea<DB, plotters::coord::Shift>,
-        &str,
-        &dyn Fn(&CurvePoint) -> f64,
-    ); 2] = [
+    let panels: [Panel<'_, DB>; 2] = [
         (&top, "cumulative regret", &|p: &CurvePoint| p.regret),
         (&bottom, "mean reward so far", &|p: &CurvePoint| {
             p.mean_reward
