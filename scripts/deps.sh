@@ -3,7 +3,8 @@
 # ndarray-linalg uses the system OpenBLAS/LAPACK (`openblas-system`): the
 # `openblas-static` backend would download OpenBLAS at build time.
 set -euo pipefail
-packages=(libopenblas-dev pkg-config postgresql-client-common redis-tools)
+# nudge-sim --plot (plotters): fontconfig + freetype to render text, and a font.
+packages=(libopenblas-dev pkg-config postgresql-client-common redis-tools libfontconfig-dev libfreetype-dev fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,4 +1,4 @@
-//! The `nudge-sim` command line (skeleton).
+//! The `nudge-sim` command line.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -14,15 +14,25 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Off-policy evaluation of candidate policies on logged decisions.
-    Evaluate,
+    Evaluate(nudge_sim::ope::Args),
     /// Run policies online against a synthetic scenario.
-    Run,
+    Run(nudge_sim::env::Args),
     /// Compare reward functions on the same scenario or logs.
-    Tune,
+    Tune(nudge_sim::tune::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!("nudge-sim {:?}: not implemented yet", cli.command);
-    ExitCode::from(2)
+    let result = match cli.command {
+        Command::Evaluate(args) => nudge_sim::ope::main(args),
+        Command::Run(args) => nudge_sim::env::main(args),
+        Command::Tune(args) => nudge_sim::tune::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("nudge-sim: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,442 @@
+//! The online loop: a policy decides round after round against an
+//! environment, learns from the reward of the action it chose, and every
+//! step is handed to the caller (to log, trace or evaluate it).
+
+use super::dataset::Dataset;
+use super::scenario::{Scenario, Value};
+use anyhow::Context as _;
+use nudge::features::FeatureValue;
+use nudge::model::LinearModel;
+use nudge::policy::{Algorithm, Candidate, DecideRequest, Decision, Mode, Policy};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Named feature values, as a request carries them.
+pub type Features = Vec<(String, FeatureValue)>;
+
+/// One round as an environment presents it: the context, and the drawn
+/// and expected value of every signal for every action.
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    /// The context sent to policies.
+    pub context: Features,
+    /// Drawn signals: `outcomes[a * signals + s]`.
+    pub outcomes: Vec<f64>,
+    /// `E[s | x, a, t]`, same layout.
+    pub expected: Vec<f64>,
+}
+
+/// A world policies act in: a synthetic scenario or a full-feedback
+/// dataset.
+///
+/// Contract: `round(t, seed)` is a pure function of `(t, seed)`, so every
+/// policy of a run meets the same rounds, and a run replays bit for bit.
+pub trait Environment {
+    /// A name for event ids and reports.
+    fn name(&self) -> &str;
+    /// Default number of rounds.
+    fn horizon(&self) -> usize;
+    /// Default seed.
+    fn seed(&self) -> u64;
+    /// Action ids.
+    fn actions(&self) -> Vec<String>;
+    /// Candidates with features, sent to shared-mode policies.
+    fn candidates(&self) -> Vec<Candidate<Features>>;
+    /// Outcome signal names.
+    fn signals(&self) -> Vec<String>;
+    /// The reward function the environment prescribes, if any.
+    fn reward(&self) -> Option<BTreeMap<String, f64>>;
+    /// Fills `round` for round `t`.
+    fn round(&self, t: usize, seed: u64, round: &mut Round);
+}
+
+impl Environment for Scenario {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn horizon(&self) -> usize {
+        self.horizon
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+    fn actions(&self) -> Vec<String> {
+        self.actions.iter().map(|a| a.id.clone()).collect()
+    }
+    fn candidates(&self) -> Vec<Candidate<Features>> {
+        self.actions
+            .iter()
+            .map(|a| Candidate {
+                id: a.id.clone(),
+                features: a.features.clone(),
+            })
+            .collect()
+    }
+    fn signals(&self) -> Vec<String> {
+        self.signals.iter().map(|s| s.name.clone()).collect()
+    }
+    fn reward(&self) -> Option<BTreeMap<String, f64>> {
+        self.reward.clone()
+    }
+    fn round(&self, t: usize, seed: u64, round: &mut Round) {
+        let ctx: Vec<Value> = self.context_at(t, seed);
+        let (k, s) = (self.actions.len(), self.signals.len());
+        round.outcomes.resize(k * s, 0.0);
+        round.expected.resize(k * s, 0.0);
+        self.outcomes_at(&ctx, t, seed, &mut round.outcomes);
+        for a in 0..k {
+            self.expected(&ctx, a, t, &mut round.expected[a * s..(a + 1) * s]);
+        }
+        round.context = self.features(&ctx);
+    }
+}
+
+impl Environment for Dataset {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn horizon(&self) -> usize {
+        self.contexts.len()
+    }
+    fn seed(&self) -> u64 {
+        0
+    }
+    fn actions(&self) -> Vec<String> {
+        self.arms.clone()
+    }
+    fn candidates(&self) -> Vec<Candidate<Features>> {
+        self.arms
+            .iter()
+            .map(|a| Candidate {
+                id: a.clone(),
+                features: vec![],
+            })
+            .collect()
+    }
+    fn signals(&self) -> Vec<String> {
+        vec!["reward".into()]
+    }
+    fn reward(&self) -> Option<BTreeMap<String, f64>> {
+        Some(BTreeMap::from([("reward".to_string(), 1.0)]))
+    }
+    /// Row `t mod rows`: a horizon longer than the file cycles through it.
+    fn round(&self, t: usize, _seed: u64, round: &mut Round) {
+        let row = t % self.contexts.len();
+        round.context.clone_from(&self.contexts[row]);
+        // Full feedback: the realised reward is known for every arm, so it
+        // is its own expectation and the oracle is the row's best arm.
+        round.outcomes.clone_from(&self.rewards[row]);
+        round.expected.clone_from(&self.rewards[row]);
+    }
+}
+
+/// A policy bound to an environment's actions: decides on a round's
+/// context and maps its candidates to the environment's actions.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// The policy as it learns in this environment (its reward function
+    /// may be the scenario's rather than its own).
+    pub policy: Policy,
+    /// Disjoint: environment action of each arm.
+    arm_action: Vec<usize>,
+    /// Shared: the candidates sent with every request.
+    candidates: Vec<Candidate<Features>>,
+    /// The reward function, one weight per environment signal.
+    pub weights: Vec<f64>,
+}
+
+impl Agent {
+    /// Binds `policy` to `env` under the reward function `reward` (weights
+    /// on the environment's signals; `None`: the environment's, else the
+    /// policy's own). A disjoint policy's arms must be the environment's
+    /// actions; a shared policy gets every action as a candidate.
+    ///
+    /// When the reward function is not the policy's own, the policy learns
+    /// without its `[reward]` range (a different weighting has a different
+    /// range), except `beta_ts`, which needs rewards in `[0, 1]`.
+    pub fn new(
+        policy: &Policy,
+        env: &dyn Environment,
+        reward: Option<&BTreeMap<String, f64>>,
+    ) -> anyhow::Result<Agent> {
+        let spec = policy.spec();
+        let actions = env.actions();
+        let signals = env.signals();
+        let own = reward.is_none() && env.reward().is_none();
+        let weights_map = match (reward, env.reward()) {
+            (Some(r), _) => r.clone(),
+            (None, Some(r)) => r,
+            (None, None) => spec.reward.signals.clone(),
+        };
+        let mut weights = vec![0.0; signals.len()];
+        for (name, w) in &weights_map {
+            let i = signals.iter().position(|s| s == name).with_context(|| {
+                format!(
+                    "the reward function weighs `{name}`{}, which {} does not produce (its signals: {}); give the scenario a [reward] table",
+                    if own { format!(" (policy {}'s [reward])", spec.id) } else { String::new() },
+                    env.name(),
+                    signals.join(", ")
+                )
+            })?;
+            weights[i] = *w;
+        }
+        if weights_map.is_empty() {
+            anyhow::bail!(
+                "policy {}: no reward function: its [reward] table weighs no signal and the scenario has no [reward] table",
+                spec.id
+            );
+        }
+        let mut learning = spec.clone();
+        if !own {
+            learning.reward.signals = weights_map;
+            if spec.algorithm != Algorithm::BetaTs {
+                learning.reward.min = None;
+                learning.reward.max = None;
+            }
+        }
+        let arm_action = match spec.mode {
+            Mode::Disjoint => {
+                let mut sorted_arms = spec.arms.clone();
+                let mut sorted_actions = actions.clone();
+                sorted_arms.sort();
+                sorted_actions.sort();
+                if sorted_arms != sorted_actions {
+                    anyhow::bail!(
+                        "policy {}'s arms [{}] are not the actions of {} [{}]",
+                        spec.id,
+                        spec.arms.join(", "),
+                        env.name(),
+                        actions.join(", ")
+                    );
+                }
+                spec.arms
+                    .iter()
+                    .map(|a| actions.iter().position(|b| b == a).expect("same sets"))
+                    .collect()
+            }
+            Mode::Shared => vec![],
+        };
+        Ok(Agent {
+            policy: Policy::new(learning),
+            arm_action,
+            candidates: match spec.mode {
+                Mode::Disjoint => vec![],
+                Mode::Shared => env.candidates(),
+            },
+            weights,
+        })
+    }
+
+    /// Decides on `context` with `model`, seeded by `event_id`.
+    pub fn decide(
+        &self,
+        model: &LinearModel,
+        event_id: &str,
+        context: &Features,
+    ) -> anyhow::Result<Decision> {
+        let req = DecideRequest {
+            event_id,
+            context,
+            actions: &self.candidates,
+            excluded: &[],
+            k: 1,
+        };
+        self.policy
+            .decide(model, &req)
+            .with_context(|| format!("policy {}: event {event_id}", self.policy.id()))
+    }
+
+    /// The environment action of the candidate at `position`.
+    pub fn action_of(&self, decision: &Decision, position: usize) -> usize {
+        let c = decision.candidates[position];
+        match self.policy.spec().mode {
+            Mode::Disjoint => self.arm_action[c],
+            Mode::Shared => c,
+        }
+    }
+
+    /// The decision's distribution over the environment's `k` actions.
+    pub fn distribution(&self, decision: &Decision, k: usize) -> Vec<f64> {
+        let mut out = vec![0.0; k];
+        for (pos, p) in decision.probabilities.iter().enumerate() {
+            out[self.action_of(decision, pos)] += p;
+        }
+        out
+    }
+
+    /// The reward of action `a` in `values` (`values[a * signals + s]`).
+    pub fn reward_of(&self, values: &[f64], a: usize) -> f64 {
+        let s = self.weights.len();
+        self.weights
+            .iter()
+            .zip(&values[a * s..(a + 1) * s])
+            .map(|(w, v)| w * v)
+            .sum()
+    }
+}
+
+/// One step of a run, handed to the caller.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// Round number from 0.
+    pub round: usize,
+    /// The event id the decision was seeded with.
+    pub event_id: &'a str,
+    /// The round (context, outcomes, expectations).
+    pub data: &'a Round,
+    /// The decision, with every candidate's probability.
+    pub decision: &'a Decision,
+    /// The environment action chosen.
+    pub action: usize,
+    /// Its realised reward.
+    pub reward: f64,
+    /// Its expected reward.
+    pub expected_reward: f64,
+    /// The best expected reward of the round (the oracle's).
+    pub best_expected: f64,
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Number of rounds.
+    pub horizon: usize,
+    /// Seed of contexts and outcomes.
+    pub seed: u64,
+    /// Whether the policy learns from its rewards (a frozen policy does not).
+    pub learn: bool,
+    /// Learning-curve points (at most; one at the end at least).
+    pub curve_points: usize,
+}
+
+/// A point of a learning curve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// Rounds done.
+    pub round: usize,
+    /// Cumulative (pseudo-)regret: `Σ_t max_a μ(x_t, a) − μ(x_t, a_t)`.
+    pub regret: f64,
+    /// Mean realised reward so far.
+    pub mean_reward: f64,
+}
+
+/// Totals of one policy's run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyRun {
+    /// Policy id.
+    pub policy: String,
+    /// Its algorithm.
+    pub algorithm: String,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Sum of realised rewards.
+    pub cumulative_reward: f64,
+    /// Sum of the chosen actions' expected rewards.
+    pub expected_reward: f64,
+    /// Sum of the best expected rewards (the oracle's).
+    pub oracle_reward: f64,
+    /// `oracle_reward − expected_reward` (pseudo-regret, free of outcome
+    /// noise).
+    pub regret: f64,
+    /// Per signal: sum of realised values.
+    pub signal_totals: Vec<f64>,
+    /// Per signal: sum of expected values of the chosen actions.
+    pub signal_expected: Vec<f64>,
+    /// Times each action was chosen.
+    pub action_counts: Vec<u64>,
+    /// The learning curve.
+    pub curve: Vec<CurvePoint>,
+}
+
+/// The event id of round `t`: unique per (environment, seed, round), so
+/// decisions are seeded reproducibly and never collide across seeds.
+pub fn event_id(env: &dyn Environment, seed: u64, t: usize) -> String {
+    format!("{}-{seed}-{t}", env.name())
+}
+
+/// Runs `agent` with `model` for `cfg.horizon` rounds, calling `on_step`
+/// after each decision (before learning from it), and `on_progress` every
+/// few rounds with the rounds done since the last call.
+pub fn run_policy(
+    env: &dyn Environment,
+    agent: &Agent,
+    model: &mut LinearModel,
+    cfg: &RunConfig,
+    mut on_step: impl FnMut(&Step<'_>) -> anyhow::Result<()>,
+    mut on_progress: impl FnMut(u64),
+) -> anyhow::Result<PolicyRun> {
+    let k = env.actions().len();
+    let s = env.signals().len();
+    let spec = agent.policy.spec();
+    let mut out = PolicyRun {
+        policy: spec.id.clone(),
+        algorithm: spec.algorithm.name().to_string(),
+        rounds: 0,
+        cumulative_reward: 0.0,
+        expected_reward: 0.0,
+        oracle_reward: 0.0,
+        regret: 0.0,
+        signal_totals: vec![0.0; s],
+        signal_expected: vec![0.0; s],
+        action_counts: vec![0; k],
+        curve: Vec::new(),
+    };
+    let every = cfg.horizon.div_ceil(cfg.curve_points.max(1)).max(1);
+    let mut round = Round::default();
+    let mut last_progress = 0;
+    for t in 0..cfg.horizon {
+        env.round(t, cfg.seed, &mut round);
+        let event = event_id(env, cfg.seed, t);
+        let decision = agent.decide(model, &event, &round.context)?;
+        let chosen = decision.chosen();
+        let action = agent.action_of(&decision, chosen);
+        let reward = agent.reward_of(&round.outcomes, action);
+        let expected_reward = agent.reward_of(&round.expected, action);
+        let best_expected = (0..k)
+            .map(|a| agent.reward_of(&round.expected, a))
+            .fold(f64::NEG_INFINITY, f64::max);
+        on_step(&Step {
+            round: t,
+            event_id: &event,
+            data: &round,
+            decision: &decision,
+            action,
+            reward,
+            expected_reward,
+            best_expected,
+        })?;
+        if cfg.learn {
+            agent
+                .policy
+                .learn(model, &decision, chosen, reward)
+                .with_context(|| {
+                    format!(
+                        "policy {}: round {t}: cannot learn reward {reward}",
+                        spec.id
+                    )
+                })?;
+        }
+        out.rounds += 1;
+        out.cumulative_reward += reward;
+        out.expected_reward += expected_reward;
+        out.oracle_reward += best_expected;
+        out.action_counts[action] += 1;
+        for j in 0..s {
+            out.signal_totals[j] += round.outcomes[action * s + j];
+            out.signal_expected[j] += round.expected[action * s + j];
+        }
+        if (t + 1) % every == 0 || t + 1 == cfg.horizon {
+            out.curve.push(CurvePoint {
+                round: t + 1,
+                regret: out.oracle_reward - out.expected_reward,
+                mean_reward: out.cumulative_reward / (t + 1) as f64,
+            });
+        }
+        if (t + 1) % 1024 == 0 || t + 1 == cfg.horizon {
+            on_progress((t + 1 - last_progress) as u64);
+            last_progress = t + 1;
+        }
+    }
+    out.regret = out.oracle_reward - out.expected_reward;
+    Ok(out)
+}

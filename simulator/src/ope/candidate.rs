@@ -1,0 +1,383 @@
+//! Candidates to evaluate and the per-event files joined to the log:
+//! target probabilities (`--target-probs`), reward-model estimates
+//! (`--reward-model`), and policy files (`--policy`, optionally with a model
+//! snapshot).
+//!
+//! Per-event files are CSV `event_id,action,<value>` with a header, rows of
+//! one event consecutive, events in the log's order (the order in which
+//! `evaluate` reads it: file order, or `decided_at, event_id` for a
+//! database). They are merge-joined with the log while streaming: events
+//! of the file that the log does not have (filtered out) are skipped, and a
+//! log event missing from the file is an error. Only one event's rows are
+//! held at a time.
+
+use super::source::LogRecord;
+use anyhow::{Context, bail};
+use nudge::features::Features;
+use nudge::model::LinearModel;
+use nudge::policy::{Candidate, DecideRequest, Mode, Policy};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+/// `(action id, number)` pairs of one event, stored without an allocation
+/// per pair (the ids share one string buffer, which is reused).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pairs {
+    buf: String,
+    rows: Vec<(usize, usize, f64)>,
+}
+
+impl Pairs {
+    /// Removes every pair, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.rows.clear();
+    }
+
+    /// Appends a pair.
+    pub fn push(&mut self, id: &str, value: f64) {
+        let start = self.buf.len();
+        self.buf.push_str(id);
+        self.rows.push((start, self.buf.len(), value));
+    }
+
+    /// The pairs in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> + Clone + '_ {
+        self.rows.iter().map(|(s, e, v)| (&self.buf[*s..*e], *v))
+    }
+
+    /// The value of `id` (the first pair with that id).
+    pub fn get(&self, id: &str) -> Option<f64> {
+        self.iter().find(|(a, _)| *a == id).map(|(_, v)| v)
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// A streamed per-event CSV file (`event_id,action,<value_column>`).
+pub struct EventCsv {
+    path: PathBuf,
+    value_column: &'static str,
+    reader: csv::Reader<BufReader<File>>,
+    record: csv::ByteRecord,
+    /// 1-based line of `record`.
+    line: u64,
+    /// Whether `record` holds a row not yet consumed.
+    pending: bool,
+    eof: bool,
+    /// The current group: its event id and rows.
+    group_id: String,
+    group: Pairs,
+    group_line: u64,
+}
+
+impl EventCsv {
+    /// Opens `path` and checks its header is `event_id,action,<value_column>`.
+    pub fn open(path: &Path, value_column: &'static str) -> anyhow::Result<EventCsv> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(BufReader::with_capacity(1 << 20, file));
+        let headers = reader
+            .byte_headers()
+            .with_context(|| format!("{}:1: cannot read the header", path.display()))?;
+        let want: [&[u8]; 3] = [b"event_id", b"action", value_column.as_bytes()];
+        if headers.len() != 3 || headers.iter().zip(want).any(|(h, w)| h != w) {
+            bail!(
+                "{}:1: the header must be `event_id,action,{value_column}`, found `{}`",
+                path.display(),
+                headers
+                    .iter()
+                    .map(|h| String::from_utf8_lossy(h).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        Ok(EventCsv {
+            path: path.to_path_buf(),
+            value_column,
+            reader,
+            record: csv::ByteRecord::new(),
+            line: 1,
+            pending: false,
+            eof: false,
+            group_id: String::new(),
+            group: Pairs::default(),
+            group_line: 0,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_row(&mut self) -> anyhow::Result<bool> {
+        if self.pending {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        let more = self
+            .reader
+            .read_byte_record(&mut self.record)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}: malformed CSV: {e}",
+                    self.path.display(),
+                    self.line + 1
+                )
+            })?;
+        if !more {
+            self.eof = true;
+            return Ok(false);
+        }
+        self.line += 1;
+        if self.record.len() != 3 {
+            bail!(
+                "{}:{}: expected 3 fields (event_id,action,{}), found {}",
+                self.path.display(),
+                self.line,
+                self.value_column,
+                self.record.len()
+            );
+        }
+        self.pending = true;
+        Ok(true)
+    }
+
+    fn field(&self, i: usize, name: &str) -> anyhow::Result<&str> {
+        std::str::from_utf8(&self.record[i]).map_err(|_| {
+            anyhow::anyhow!(
+                "{}:{}: field `{name}`: not UTF-8",
+                self.path.display(),
+                self.line
+            )
+        })
+    }
+
+    /// Reads the next group of consecutive rows with one event id.
+    fn next_group(&mut self) -> anyhow::Result<bool> {
+        self.group.clear();
+        if !self.read_row()? {
+            return Ok(false);
+        }
+        let id = std::str::from_utf8(&self.record[0]).map_err(|_| {
+            anyhow::anyhow!(
+                "{}:{}: field `event_id`: not UTF-8",
+                self.path.display(),
+                self.line
+            )
+        })?;
+        self.group_id.clear();
+        self.group_id.push_str(id);
+        self.group_line = self.line;
+        while self.read_row()? {
+            if self.record[0] != *self.group_id.as_bytes() {
+                break;
+            }
+            let action = std::str::from_utf8(&self.record[1]).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}:{}: field `action`: not UTF-8",
+                    self.path.display(),
+                    self.line
+                )
+            })?;
+            let raw = self.field(2, self.value_column)?;
+            let value: f64 = raw.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}:{}: field `{}`: {raw:?} is not a number",
+                    self.path.display(),
+                    self.line,
+                    self.value_column
+                )
+            })?;
+            if !value.is_finite() {
+                bail!(
+                    "{}:{}: field `{}`: {value} is not finite",
+                    self.path.display(),
+                    self.line,
+                    self.value_column
+                );
+            }
+            self.group.push(action, value);
+            self.pending = false;
+        }
+        Ok(true)
+    }
+
+    /// The rows of `event_id`, skipping earlier events the log did not keep.
+    /// Errors if the file ends first (the event is missing, or the file is
+    /// not in the log's order).
+    pub fn rows_for(
+        &mut self,
+        event_id: &str,
+        origin: &dyn std::fmt::Display,
+    ) -> anyhow::Result<(u64, &Pairs)> {
+        while self.group.is_empty() || self.group_id != event_id {
+            if !self.next_group()? {
+                bail!(
+                    "{}: no rows for event {event_id:?} (logged at {origin}); the file must list \
+                     every evaluated event, in the log's order",
+                    self.path.display()
+                );
+            }
+        }
+        Ok((self.group_line, &self.group))
+    }
+}
+
+/// A policy file evaluated offline: a fixed state (fresh or a snapshot),
+/// and a copy that learns on replay-matched events.
+pub struct PolicyCandidate {
+    /// The policy.
+    pub policy: Policy,
+    /// The state its distribution is computed with (never updated).
+    pub fixed: LinearModel,
+    /// The state of the learning replay (Li et al. 2011): updated with the
+    /// reward of each event where the policy's draw equals the logged action.
+    pub learning: LinearModel,
+}
+
+/// What a policy does on one logged event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyStep {
+    /// The fixed-state policy's distribution over action ids.
+    pub distribution: Pairs,
+    /// The fixed-state policy's draw (seeded by the event id) equals the
+    /// logged action.
+    pub fixed_match: bool,
+    /// The learning policy's draw equals the logged action.
+    pub learning_match: bool,
+}
+
+impl PolicyCandidate {
+    /// Loads a policy file and, optionally, an NDGM snapshot of its model.
+    pub fn load(path: &Path, snapshot: Option<&Path>) -> anyhow::Result<PolicyCandidate> {
+        let spec = nudge::policy::load_file(path).map_err(|errs| {
+            anyhow::anyhow!(
+                "{}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        let policy = Policy::new(spec);
+        let fixed = match snapshot {
+            None => policy.new_model(),
+            Some(s) => {
+                let bytes =
+                    std::fs::read(s).with_context(|| format!("cannot read {}", s.display()))?;
+                let state = nudge::model::codec::decode(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not a model snapshot: {e}", s.display()))?;
+                let params = &policy.spec().params;
+                let model = LinearModel::from_state(state, params.lambda, params.refactor_every)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", s.display()))?;
+                if model.dim() != policy.spec().features.dim()
+                    || model.arms() != policy.model_arms()
+                {
+                    bail!(
+                        "{}: the snapshot has {} arms of dimension {}, policy {} needs {} of \
+                         dimension {}",
+                        s.display(),
+                        model.arms(),
+                        model.dim(),
+                        policy.id(),
+                        policy.model_arms(),
+                        policy.spec().features.dim()
+                    );
+                }
+                model
+            }
+        };
+        let learning = fixed.clone();
+        Ok(PolicyCandidate {
+            policy,
+            fixed,
+            learning,
+        })
+    }
+
+    /// Decides on a logged event with both states, and lets the learning
+    /// state learn the reward when its draw matches the logged action.
+    pub fn step(&mut self, rec: &LogRecord, reward: f64) -> anyhow::Result<PolicyStep> {
+        let context_value = rec.context.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: a policy file needs the logged context; this source has none (use \
+                 --target-probs for OBD logs)",
+                rec.origin
+            )
+        })?;
+        let context: Features = serde_json::from_value(context_value)
+            .map_err(|e| anyhow::anyhow!("{}: field `context`: {e}", rec.origin))?;
+        let spec = self.policy.spec();
+        let actions: Vec<Candidate<Features>> = match (spec.mode, &rec.actions) {
+            (Mode::Shared, Some(a)) => serde_json::from_value(a.clone())
+                .map_err(|e| anyhow::anyhow!("{}: field `actions`: {e}", rec.origin))?,
+            (Mode::Shared, None) => bail!(
+                "{}: field `actions`: a shared-mode policy needs the logged candidate actions",
+                rec.origin
+            ),
+            (Mode::Disjoint, _) => Vec::new(),
+        };
+        // The candidate acts on the same choice set as the logger: arms the
+        // logged decision did not offer are excluded.
+        let excluded: Vec<String> = match spec.mode {
+            Mode::Disjoint if !rec.candidates.is_empty() => spec
+                .arms
+                .iter()
+                .filter(|arm| !rec.candidates.iter().any(|c| &c.id == *arm))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let req = DecideRequest {
+            event_id: &rec.event_id,
+            context: &context,
+            actions: &actions,
+            excluded: &excluded,
+            k: 1,
+        };
+        let id_of = |i: usize| -> String {
+            match spec.mode {
+                Mode::Disjoint => spec.arms[i].clone(),
+                Mode::Shared => actions[i].id.clone(),
+            }
+        };
+        let fixed = self
+            .policy
+            .decide(&self.fixed, &req)
+            .map_err(|e| anyhow::anyhow!("{}: policy {}: {e}", rec.origin, self.policy.id()))?;
+        let mut distribution = Pairs::default();
+        for (c, p) in fixed.candidates.iter().zip(&fixed.probabilities) {
+            distribution.push(&id_of(*c), *p);
+        }
+        let fixed_match = id_of(fixed.candidates[fixed.chosen()]) == rec.action;
+        let learning = self
+            .policy
+            .decide(&self.learning, &req)
+            .map_err(|e| anyhow::anyhow!("{}: policy {}: {e}", rec.origin, self.policy.id()))?;
+        let learning_match = id_of(learning.candidates[learning.chosen()]) == rec.action;
+        if learning_match {
+            self.policy
+                .learn(&mut self.learning, &learning, learning.chosen(), reward)
+                .map_err(|e| anyhow::anyhow!("{}: field `reward`: {e}", rec.origin))?;
+        }
+        Ok(PolicyStep {
+            distribution,
+            fixed_match,
+            learning_match,
+        })
+    }
+}

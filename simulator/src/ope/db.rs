@@ -1,0 +1,228 @@
+//! Reads the service's decision log (PostgreSQL or SQLite, the tables of
+//! `migrations/`): each decision joined with the sum of its rewards
+//! (several rows for `sum` aggregation; one, possibly the default, else).
+//!
+//! A background thread runs the query on its own tokio runtime and streams
+//! rows through a bounded channel (1024 records), so memory stays bounded
+//! however large the table is. Queries are parameterised, never built from
+//! strings.
+
+use super::source::{Filter, LogRecord, Origin};
+use crate::logfmt::CandidateProb;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use sqlx::Row;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+/// PostgreSQL: JSON columns cast to text, rewards summed per event.
+const PG_QUERY: &str = "\
+SELECT d.event_id, d.policy, d.decided_at, d.context::text AS context, \
+       d.actions::text AS actions, d.candidates::text AS candidates, d.action, \
+       d.probability, r.reward \
+FROM decisions d \
+LEFT JOIN (SELECT event_id, SUM(reward) AS reward FROM rewards \
+           WHERE ($1::text IS NULL OR policy = $1) GROUP BY event_id) r \
+       ON r.event_id = d.event_id \
+WHERE ($1::text IS NULL OR d.policy = $1) \
+  AND ($2::timestamptz IS NULL OR d.decided_at >= $2) \
+  AND ($3::timestamptz IS NULL OR d.decided_at < $3) \
+ORDER BY d.decided_at, d.event_id";
+
+/// SQLite: the same; timestamps are RFC 3339 text in UTC, which sorts and
+/// compares chronologically.
+const SQLITE_QUERY: &str = "\
+SELECT d.event_id, d.policy, d.decided_at, d.context, d.actions, d.candidates, \
+       d.action, d.probability, r.reward \
+FROM decisions d \
+LEFT JOIN (SELECT event_id, SUM(reward) AS reward FROM rewards \
+           WHERE (?1 IS NULL OR policy = ?1) GROUP BY event_id) r \
+       ON r.event_id = d.event_id \
+WHERE (?1 IS NULL OR d.policy = ?1) \
+  AND (?2 IS NULL OR d.decided_at >= ?2) \
+  AND (?3 IS NULL OR d.decided_at < ?3) \
+ORDER BY d.decided_at, d.event_id";
+
+/// Streams decisions from a database.
+pub struct DbReader {
+    rx: Receiver<anyhow::Result<LogRecord>>,
+}
+
+impl DbReader {
+    /// Starts the query in a background thread. Connection errors surface
+    /// as the first item.
+    pub fn open(url: &str, filter: Filter) -> anyhow::Result<DbReader> {
+        let (tx, rx) = sync_channel(1024);
+        let url = url.to_string();
+        std::thread::Builder::new()
+            .name("ope-db-reader".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("cannot start tokio: {e}")));
+                        return;
+                    }
+                };
+                let result = rt.block_on(async {
+                    if url.starts_with("sqlite:") {
+                        stream_sqlite(&url, &filter, &tx).await
+                    } else {
+                        stream_postgres(&url, &filter, &tx).await
+                    }
+                });
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .context("cannot start the database reader thread")?;
+        Ok(DbReader { rx })
+    }
+}
+
+impl Iterator for DbReader {
+    type Item = anyhow::Result<LogRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+type Tx = std::sync::mpsc::SyncSender<anyhow::Result<LogRecord>>;
+
+/// Builds a record from the columns; `where_` names the row for errors.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    table: &str,
+    event_id: String,
+    policy: String,
+    decided_at: DateTime<Utc>,
+    context: String,
+    actions: Option<String>,
+    candidates: String,
+    action: String,
+    probability: f64,
+    reward: Option<f64>,
+) -> anyhow::Result<LogRecord> {
+    let origin = format!("{table} decisions row event_id={event_id}");
+    let json = |field: &str, text: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: field `{field}`: invalid JSON: {e}"))
+    };
+    let context = json("context", &context)?;
+    let actions = actions.map(|a| json("actions", &a)).transpose()?;
+    let mut de = serde_json::Deserializer::from_str(&candidates);
+    let candidates: Vec<CandidateProb> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            anyhow::anyhow!(
+                "{origin}: field `candidates{}`: {}",
+                path_suffix(&e),
+                e.inner()
+            )
+        })?;
+    Ok(LogRecord {
+        event_id,
+        origin: Origin::Row(origin),
+        policy: Some(policy),
+        decided_at: Some(decided_at),
+        action,
+        pscore: probability,
+        reward,
+        position: 0,
+        context: Some(context),
+        actions,
+        candidates,
+        features: Vec::new(),
+    })
+}
+
+fn path_suffix<E>(e: &serde_path_to_error::Error<E>) -> String {
+    let p = e.path().to_string();
+    if p == "." { String::new() } else { p }
+}
+
+async fn stream_postgres(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact(url)))?;
+    let mut rows = sqlx::query(PG_QUERY)
+        .bind(filter.policy_id.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .fetch(&pool);
+    while let Some(row) = rows.try_next().await.context("reading the decisions")? {
+        let rec = (|| -> anyhow::Result<LogRecord> {
+            record(
+                "postgres",
+                row.try_get("event_id")?,
+                row.try_get("policy")?,
+                row.try_get("decided_at")?,
+                row.try_get("context")?,
+                row.try_get("actions")?,
+                row.try_get("candidates")?,
+                row.try_get("action")?,
+                row.try_get("probability")?,
+                row.try_get("reward")?,
+            )
+        })();
+        if tx.send(rec).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn stream_sqlite(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()> {
+    let opts: sqlx::sqlite::SqliteConnectOptions = url
+        .parse()
+        .with_context(|| format!("invalid SQLite URL {url}"))?;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.read_only(true))
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    let mut rows = sqlx::query(SQLITE_QUERY)
+        .bind(filter.policy_id.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .fetch(&pool);
+    while let Some(row) = rows.try_next().await.context("reading the decisions")? {
+        let rec = (|| -> anyhow::Result<LogRecord> {
+            record(
+                "sqlite",
+                row.try_get("event_id")?,
+                row.try_get("policy")?,
+                row.try_get("decided_at")?,
+                row.try_get("context")?,
+                row.try_get("actions")?,
+                row.try_get("candidates")?,
+                row.try_get("action")?,
+                row.try_get("probability")?,
+                row.try_get("reward")?,
+            )
+        })();
+        if tx.send(rec).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

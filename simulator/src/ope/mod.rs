@@ -1,0 +1,477 @@
+//! Off-policy evaluation: `nudge-sim evaluate`.
+//!
+//! "What value would candidate policy B have had on the traffic that
+//! policy A logged?" — estimated from the logged decisions, their
+//! propensities and rewards, with the estimators of the Open Bandit
+//! Pipeline (whose definitions these match to floating-point precision).
+//!
+//! # Layout
+//! - [`estimators`]: the estimators (replay, ipw, snipw, dm, dr, sndr,
+//!   switch-dr, dros), standard errors, bootstrap intervals and
+//!   diagnostics, over an in-memory [`OpeData`] or a stream of [`Round`]s.
+//!   This is the library API other code (tests, `nudge-sim run`) calls.
+//! - [`source`]: `--log SOURCE` readers (JSONL, Open Bandit Dataset CSV,
+//!   and, in `db`, PostgreSQL / SQLite), streaming [`source::LogRecord`]s.
+//! - [`candidate`]: target-probability and reward-model files joined to the
+//!   log, and policy files run offline (fixed state and learning replay).
+//! - [`fit`]: reward models fitted by the tool (ridge, logistic), with
+//!   cross-fitting.
+//! - [`report`]: the table, JSON and plot.
+//!
+//! # Memory
+//! The log is streamed. Per event the evaluator holds: nothing, when no
+//! bootstrap is requested and no reward model is fitted (running sums
+//! only); one [`Round`] (5 f64, 40 bytes) per candidate with `--bootstrap`;
+//! and, to fit a reward model, the event's numeric features, action and
+//! reward (d + 2 f64) plus a second pass over the source.
+
+mod db;
+
+pub mod candidate;
+pub mod estimators;
+pub mod fit;
+pub mod report;
+pub mod source;
+
+pub use estimators::{
+    Accumulator, Diagnostics, Estimate, EstimateOptions, Estimator, Evaluation, OpeData, OpeError,
+    Round, estimate, evaluate,
+};
+
+use anyhow::{Context, bail};
+use candidate::{EventCsv, Pairs, PolicyCandidate};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use source::{Filter, LogRecord, Source};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// One JSON object per candidate and line:
+    /// `{"candidate", "n", "estimates": {name: {"value", "stderr", "ci_low",
+    /// "ci_high", …}}, "diagnostics": {…}}`.
+    Json,
+}
+
+/// `nudge-sim evaluate`: off-policy evaluation of candidates on a log.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The log: `postgres://…`, `sqlite://…`, `obd:PATH` (Open Bandit
+    /// Dataset CSV), or a JSONL file.
+    #[arg(long, value_name = "SOURCE")]
+    pub log: String,
+    /// Only decisions of this logging policy.
+    #[arg(long)]
+    pub policy_id: Option<String>,
+    /// Only decisions at or after this instant (RFC 3339).
+    #[arg(long)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only decisions before this instant (RFC 3339).
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+    /// A policy file to evaluate (repeatable). Evaluated with a fresh model,
+    /// or the `--snapshot` at the same position.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+    /// An NDGM model snapshot for the `--policy` at the same position.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Vec<PathBuf>,
+    /// A CSV `event_id,action,probability`: a candidate's action
+    /// distribution on each logged event (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub target_probs: Vec<PathBuf>,
+    /// A CSV `event_id,action,estimate`: reward-model estimates for DM/DR.
+    #[arg(long, value_name = "FILE", conflicts_with = "fit_reward_model")]
+    pub reward_model: Option<PathBuf>,
+    /// Fit the reward model here instead (cross-fitted, see `--folds`).
+    #[arg(long, value_enum)]
+    pub fit_reward_model: Option<fit::Kind>,
+    /// Cross-fitting folds: event i's estimate comes from a model fitted on
+    /// the other folds (fold = i mod K). 1 = no cross-fitting.
+    #[arg(long, default_value_t = 2)]
+    pub folds: usize,
+    /// L2 penalty of the fitted reward model (sklearn's `alpha` for ridge,
+    /// `1/C` for logistic).
+    #[arg(long, default_value_t = 1.0)]
+    pub reg: f64,
+    /// Estimators, comma-separated. Default: replay, ipw, snipw, plus dm,
+    /// dr, sndr when there is a reward model.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub estimators: Vec<Estimator>,
+    /// Switch-DR threshold τ on the importance weight.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub switch_tau: f64,
+    /// DRos shrinkage λ.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub dros_lambda: f64,
+    /// Bootstrap resamples for the confidence intervals (0: normal
+    /// approximation from the standard error).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Intervals have coverage 1 − alpha.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Bootstrap seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A logged propensity below this counts as tiny in the diagnostics.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tiny_propensity: f64,
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Write a plot of every candidate's estimates and intervals (.png or .svg).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+}
+
+/// One candidate's name and running state.
+struct Slot {
+    name: String,
+    main: Accumulator,
+    /// Replay counted with the candidate's seeded draw (policy files).
+    replay: Option<Accumulator>,
+    kind: Kind,
+}
+
+enum Kind {
+    Target(Box<EventCsv>),
+    Policy(Box<PolicyCandidate>),
+    /// The learning replay of the policy slot at this index.
+    Learning(usize),
+}
+
+/// The result of one run: per candidate, its name and evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// `(candidate name, evaluation)` in command-line order.
+    pub candidates: Vec<(String, Evaluation)>,
+    /// Events skipped because they had no reward.
+    pub skipped_no_reward: u64,
+}
+
+/// Runs the command.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let outcome = run(&args)?;
+    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Table => report::write_table(&mut out, &outcome)?,
+        Format::Json => report::write_json(&mut out, &outcome)?,
+    }
+    if let Some(path) = &args.plot {
+        report::plot(path, &outcome)?;
+    }
+    // The table shows warnings inline; with JSON on stdout, say them on
+    // stderr too so that a person running it sees them.
+    if format == Format::Json {
+        for (name, ev) in &outcome.candidates {
+            for w in &ev.diagnostics.warnings {
+                eprintln!("warning: {name}: {w}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Evaluates every candidate of `args` on the log (everything `main` does
+/// but printing).
+pub fn run(args: &Args) -> anyhow::Result<Outcome> {
+    if args.policy.is_empty() && args.target_probs.is_empty() {
+        bail!("nothing to evaluate: give --policy FILE and/or --target-probs FILE");
+    }
+    if args.snapshot.len() > args.policy.len() {
+        bail!(
+            "{} --snapshot files for {} --policy files: each snapshot goes with the policy at \
+             the same position",
+            args.snapshot.len(),
+            args.policy.len()
+        );
+    }
+    if args.folds == 0 {
+        bail!("--folds must be at least 1");
+    }
+    let has_model = args.reward_model.is_some() || args.fit_reward_model.is_some();
+    let which: Vec<Estimator> = if args.estimators.is_empty() {
+        let mut w = vec![Estimator::Replay, Estimator::Ipw, Estimator::Snipw];
+        if has_model {
+            w.extend([Estimator::Dm, Estimator::Dr, Estimator::Sndr]);
+        }
+        w
+    } else {
+        args.estimators.clone()
+    };
+    if let Some(e) = which.iter().find(|e| e.needs_reward_model() && !has_model) {
+        bail!(
+            "estimator {e} needs a reward model: give --reward-model FILE or --fit-reward-model \
+             ridge|logistic"
+        );
+    }
+    let opts = EstimateOptions {
+        alpha: args.alpha,
+        bootstrap: args.bootstrap,
+        seed: args.seed,
+        switch_tau: args.switch_tau,
+        dros_lambda: args.dros_lambda,
+        tiny_propensity: args.tiny_propensity,
+    };
+    let source = Source::parse(&args.log);
+    let filter = Filter {
+        policy_id: args.policy_id.clone(),
+        since: args.since,
+        until: args.until,
+    };
+
+    let mut slots = Vec::new();
+    for (i, p) in args.policy.iter().enumerate() {
+        let cand = PolicyCandidate::load(p, args.snapshot.get(i).map(PathBuf::as_path))
+            .with_context(|| format!("policy file {}", p.display()))?;
+        let name = p.display().to_string();
+        let idx = slots.len();
+        slots.push(Slot {
+            name: name.clone(),
+            main: Accumulator::new(opts.clone(), has_model)?,
+            replay: Some(Accumulator::new(opts.clone(), has_model)?),
+            kind: Kind::Policy(Box::new(cand)),
+        });
+        if which.contains(&Estimator::Replay) {
+            slots.push(Slot {
+                name: format!("{name} (learning)"),
+                main: Accumulator::new(opts.clone(), has_model)?,
+                replay: None,
+                kind: Kind::Learning(idx),
+            });
+        }
+    }
+    for p in &args.target_probs {
+        slots.push(Slot {
+            name: p.display().to_string(),
+            main: Accumulator::new(opts.clone(), has_model)?,
+            replay: None,
+            kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
+        });
+    }
+
+    // A fitted reward model needs a first pass over the log.
+    let fitted = match args.fit_reward_model {
+        Some(kind) => Some(fit::fit_cross(
+            kind,
+            &source,
+            &filter,
+            args.folds,
+            args.reg,
+            progress(&source, "fitting"),
+        )?),
+        None => None,
+    };
+    let mut model_file = match &args.reward_model {
+        Some(p) => Some(EventCsv::open(p, "estimate")?),
+        None => None,
+    };
+
+    let bar = progress(&source, "evaluating");
+    let mut skipped = 0u64;
+    let mut q_buf = Pairs::default();
+    let mut index = 0usize;
+    for rec in source.open(&filter, fitted.is_some())? {
+        let rec = rec?;
+        bar.inc(1);
+        let Some(reward) = rec.reward else {
+            skipped += 1;
+            continue;
+        };
+        check_record(&rec, reward)?;
+        let q: Option<&Pairs> = if let Some(f) = model_file.as_mut() {
+            Some(f.rows_for(&rec.event_id, &rec.origin)?.1)
+        } else if let Some(m) = &fitted {
+            q_buf.clear();
+            m.predict_all(index, &rec, &mut q_buf)?;
+            Some(&q_buf)
+        } else {
+            None
+        };
+        index += 1;
+        let mut learning_matches: Vec<(usize, bool)> = Vec::new();
+        for (si, slot) in slots.iter_mut().enumerate() {
+            match &mut slot.kind {
+                Kind::Target(file) => {
+                    let path = &slot.name;
+                    let (line, dist) = file.rows_for(&rec.event_id, &rec.origin)?;
+                    let round = round_of(&rec, reward, dist, q, &|| format!("{path}:{line}"))?;
+                    slot.main.push(round);
+                }
+                Kind::Policy(cand) => {
+                    let step = cand.step(&rec, reward)?;
+                    let round = round_of(&rec, reward, &step.distribution, q, &|| {
+                        rec.origin.to_string()
+                    })?;
+                    slot.main.push(round);
+                    if let Some(r) = slot.replay.as_mut() {
+                        r.push(Round {
+                            target_logged: if step.fixed_match { 1.0 } else { 0.0 },
+                            ..round
+                        });
+                    }
+                    learning_matches.push((si, step.learning_match));
+                }
+                Kind::Learning(_) => {}
+            }
+        }
+        for slot in slots.iter_mut() {
+            if let Kind::Learning(of) = slot.kind {
+                let matched = learning_matches
+                    .iter()
+                    .find(|(i, _)| *i == of)
+                    .is_some_and(|(_, m)| *m);
+                slot.main.push(Round {
+                    reward,
+                    pscore: rec.pscore,
+                    target_logged: if matched { 1.0 } else { 0.0 },
+                    dm: f64::NAN,
+                    q_logged: f64::NAN,
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut candidates = Vec::new();
+    for slot in &slots {
+        let ev = match slot.kind {
+            Kind::Learning(_) => {
+                // The learning replay has only the replay estimator.
+                let mut ev = slot.main.finish(&[Estimator::Replay])?;
+                ev.diagnostics.warnings.retain(|w| w.starts_with("replay"));
+                ev
+            }
+            _ => {
+                let mut ev = slot.main.finish(&which)?;
+                if let (Some(r), Some(pos)) = (
+                    &slot.replay,
+                    which.iter().position(|e| *e == Estimator::Replay),
+                ) {
+                    let rep = r.finish(&[Estimator::Replay])?;
+                    ev.estimates[pos] = rep.estimates[0].clone();
+                    ev.diagnostics.replay_match_rate = rep.diagnostics.replay_match_rate;
+                    ev.diagnostics.warnings.retain(|w| !w.starts_with("replay"));
+                    ev.diagnostics.warnings.extend(
+                        rep.diagnostics
+                            .warnings
+                            .into_iter()
+                            .filter(|w| w.starts_with("replay") && !w.contains("stochastic")),
+                    );
+                }
+                ev
+            }
+        };
+        candidates.push((slot.name.clone(), ev));
+    }
+    Ok(Outcome {
+        candidates,
+        skipped_no_reward: skipped,
+    })
+}
+
+/// Checks a logged record's numbers, naming where it came from.
+fn check_record(rec: &LogRecord, reward: f64) -> anyhow::Result<()> {
+    if !(rec.pscore > 0.0 && rec.pscore <= 1.0 + 1e-9) {
+        bail!(
+            "{}: field `probability` (propensity): {} must be in (0, 1]",
+            rec.origin,
+            rec.pscore
+        );
+    }
+    if !reward.is_finite() {
+        bail!("{}: field `reward`: {reward} is not finite", rec.origin);
+    }
+    Ok(())
+}
+
+/// Reduces one event and one candidate's distribution to a [`Round`].
+fn round_of(
+    rec: &LogRecord,
+    reward: f64,
+    dist: &Pairs,
+    q: Option<&Pairs>,
+    where_: &dyn Fn() -> String,
+) -> anyhow::Result<Round> {
+    let mut sum = 0.0;
+    let mut target_logged = 0.0;
+    for (a, p) in dist.iter() {
+        if !(p.is_finite() && (0.0..=1.0 + 1e-9).contains(&p)) {
+            bail!(
+                "{}: field `probability`: {p} for action {a:?} must be in [0, 1]",
+                where_()
+            );
+        }
+        sum += p;
+        if a == rec.action {
+            target_logged = p;
+        }
+    }
+    if (sum - 1.0).abs() > 1e-6 {
+        bail!(
+            "{}: the probabilities of event {:?} sum to {sum}, not 1",
+            where_(),
+            rec.event_id
+        );
+    }
+    let (dm, q_logged) = match q {
+        None => (f64::NAN, f64::NAN),
+        Some(q) => {
+            let lookup = |a: &str| q.get(a);
+            let mut num = 0.0;
+            for (a, p) in dist.iter() {
+                if p > 0.0 {
+                    let v = lookup(a).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "reward model: no estimate for event {:?}, action {a:?} (the \
+                             candidate gives it probability {p})",
+                            rec.event_id
+                        )
+                    })?;
+                    num += p * v;
+                }
+            }
+            let q_logged = lookup(&rec.action).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "reward model: no estimate for event {:?}, logged action {:?}",
+                    rec.event_id,
+                    rec.action
+                )
+            })?;
+            (num / sum, q_logged)
+        }
+    };
+    Ok(Round {
+        reward,
+        pscore: rec.pscore,
+        target_logged,
+        dm,
+        q_logged,
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal): bytes
+/// are not known per record, so it counts events.
+fn progress(_source: &Source, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {human_pos} events ({per_sec}) {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what);
+    bar
+}
