@@ -689,3 +689,37 @@ async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events()
     assert_eq!(second.model("push").await.0, model.0 + 1);
     second.stop().await;
 }
+
+on_both_backends!(
+    the_snapshot_route_exports_the_live_statistics_as_a_decodable_blob,
+    async |app: &TestApp| {
+        let (status, _) = app.post("/v1/decide", &push("snap")).await;
+        assert_eq!(status, 200);
+        let (status, _) = app
+            .post("/v1/reward", &json!({"event_id": "snap", "reward": 1.0}))
+            .await;
+        assert_eq!(status, 202);
+        let (version, arms) = app.model("push").await;
+        assert_eq!(arms.iter().map(|(_, n)| n).sum::<u64>(), 1);
+
+        let resp = app
+            .client
+            .get(format!("{}/v1/policies/push/snapshot", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+        let blob = resp.bytes().await.unwrap();
+        let state = nudge::model::codec::decode(&blob).unwrap();
+        assert_eq!(state.version, version);
+        let counts: Vec<u64> = state.arms.iter().map(|a| a.count).collect();
+        let expected: Vec<u64> = arms.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, expected);
+        assert_eq!(state.arms.iter().map(|a| a.reward_sum).sum::<f64>(), 1.0);
+
+        let (status, err) = app.get_json("/v1/policies/nope/snapshot").await;
+        assert_eq!(status, 404, "{err}");
+        assert_eq!(err["error"]["field"], "id");
+    }
+);

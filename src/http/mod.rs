@@ -242,6 +242,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(method()),
     )
     .service(
+        web::resource("/v1/policies/{id}/snapshot")
+            .route(web::get().to(policies::snapshot))
+            .default_service(method()),
+    )
+    .service(
         web::resource("/v1/policies/{id}/reset")
             .route(web::post().to(policies::reset))
             .default_service(method()),

@@ -16,6 +16,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         reward::activate,
         policies::list,
         policies::describe,
+        policies::snapshot,
         policies::reset,
         health::healthz,
         health::readyz,

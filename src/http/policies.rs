@@ -53,6 +53,37 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /v1/policies/{id}`: the spec, the model version, per-arm counts and
 /// mean rewards, and pending events. Folds the store's latest rewards first,
 /// so a caller sees its own rewards.
+/// The model's sufficient statistics as a snapshot blob (the versioned
+/// `NDGM` codec of `nudge::model::codec`), after folding every learned
+/// reward this replica can see: what `nudge-sim evaluate --snapshot` loads to
+/// evaluate a policy with the state it has in production.
+#[utoipa::path(
+    get,
+    path = "/v1/policies/{id}/snapshot",
+    params(("id" = String, Path, description = "Policy id")),
+    responses(
+        (status = 200, description = "NDGM snapshot blob", content_type = "application/octet-stream"),
+        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
+    )
+)]
+pub async fn snapshot(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let rt = state.policy(&path, "id")?.clone();
+    let synced = rt.sync(&state.store, &state.metrics).await;
+    state.store_result("sync", &synced);
+    let model = rt.model();
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{}.ndgm\"", rt.id()),
+        ))
+        .insert_header(("Nudge-Model-Version", model.version().to_string()))
+        .body(crate::model::codec::encode(&model.state())))
+}
+
 #[utoipa::path(
     get,
     path = "/v1/policies/{id}",
