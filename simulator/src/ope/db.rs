@@ -144,6 +144,27 @@ fn path_suffix<E>(e: &serde_path_to_error::Error<E>) -> String {
     if p == "." { String::new() } else { p }
 }
 
+/// One decision row of either engine as a record. A macro, not a function:
+/// the two engines' rows decode the same columns through different traits.
+macro_rules! record_of_row {
+    ($source:literal, $row:expr) => {
+        (|| -> anyhow::Result<LogRecord> {
+            record(
+                $source,
+                $row.try_get("event_id")?,
+                $row.try_get("policy")?,
+                $row.try_get("decided_at")?,
+                $row.try_get("context")?,
+                $row.try_get("actions")?,
+                $row.try_get("candidates")?,
+                $row.try_get("action")?,
+                $row.try_get("probability")?,
+                $row.try_get("reward")?,
+            )
+        })()
+    };
+}
+
 async fn stream_postgres(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -156,20 +177,7 @@ async fn stream_postgres(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        let rec = (|| -> anyhow::Result<LogRecord> {
-            record(
-                "postgres",
-                row.try_get("event_id")?,
-                row.try_get("policy")?,
-                row.try_get("decided_at")?,
-                row.try_get("context")?,
-                row.try_get("actions")?,
-                row.try_get("candidates")?,
-                row.try_get("action")?,
-                row.try_get("probability")?,
-                row.try_get("reward")?,
-            )
-        })();
+        let rec = record_of_row!("postgres", row);
         if tx.send(rec).is_err() {
             break;
         }
@@ -192,20 +200,7 @@ async fn stream_sqlite(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        let rec = (|| -> anyhow::Result<LogRecord> {
-            record(
-                "sqlite",
-                row.try_get("event_id")?,
-                row.try_get("policy")?,
-                row.try_get("decided_at")?,
-                row.try_get("context")?,
-                row.try_get("actions")?,
-                row.try_get("candidates")?,
-                row.try_get("action")?,
-                row.try_get("probability")?,
-                row.try_get("reward")?,
-            )
-        })();
+        let rec = record_of_row!("sqlite", row);
         if tx.send(rec).is_err() {
             break;
         }
