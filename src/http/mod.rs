@@ -147,19 +147,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            let field = if path == "." { None } else { Some(path) };
-            ApiError {
-                field,
-                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", inner.to_string())
-            }
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", inner.to_string())
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| tracked_error(e, None))?;
     de.end()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     Ok(value)
@@ -172,25 +160,35 @@ pub fn parse_field<T: DeserializeOwned>(text: &str, field: &str) -> Result<T, Ap
         return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        // The text is valid JSON syntax, but a number may still be out of
-        // range for an f64: that stays `invalid_json`, as for a whole body.
-        let code = if inner.is_data() {
-            "invalid_field"
-        } else {
-            "invalid_json"
-        };
-        ApiError {
-            field: Some(if path == "." {
-                field.to_owned()
-            } else {
-                format!("{field}.{path}")
-            }),
-            ..ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string())
-        }
-    })
+    serde_path_to_error::deserialize(&mut de).map_err(|e| tracked_error(e, Some(field)))
+}
+
+/// The error of a path-tracked parse: `invalid_field` for a type error,
+/// `invalid_json` for bad syntax (for a field's text, which is valid JSON
+/// already, that is a number out of f64 range). Within a field, the error
+/// names the path below it; in a whole body, only a type error has a field.
+fn tracked_error(
+    e: serde_path_to_error::Error<serde_json::Error>,
+    within: Option<&str>,
+) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let data = inner.is_data();
+    let field = match (within, path == ".") {
+        (Some(field), true) => Some(field.to_owned()),
+        (Some(field), false) => Some(format!("{field}.{path}")),
+        (None, false) if data => Some(path),
+        (None, _) => None,
+    };
+    let code = if data {
+        "invalid_field"
+    } else {
+        "invalid_json"
+    };
+    ApiError {
+        field,
+        ..ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string())
+    }
 }
 
 /// Event ids: 1 to 128 characters of `[A-Za-z0-9_.:-]` — safe in keys,
