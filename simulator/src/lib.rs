@@ -9,3 +9,12 @@ pub mod env;
 pub mod logfmt;
 pub mod ope;
 pub mod tune;
+
+/// Output format of every command's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// JSON (each command documents its shape).
+    Json,
+}

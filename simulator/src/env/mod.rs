@@ -45,14 +45,7 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Output format of a summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A readable table.
-    Table,
-    /// One JSON document.
-    Json,
-}
+pub use crate::Format;
 
 /// `nudge-sim run`: run policies online against a scenario or a
 /// full-feedback dataset.

@@ -38,6 +38,7 @@ pub use estimators::{
     Round, estimate, evaluate,
 };
 
+use crate::Format;
 use anyhow::{Context, bail};
 use candidate::{EventCsv, Pairs, PolicyCandidate};
 use chrono::{DateTime, Utc};
@@ -46,17 +47,6 @@ use source::{Filter, LogRecord, Source};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A readable table.
-    Table,
-    /// One JSON object per candidate and line:
-    /// `{"candidate", "n", "estimates": {name: {"value", "stderr", "ci_low",
-    /// "ci_high", …}}, "diagnostics": {…}}`.
-    Json,
-}
 
 /// `nudge-sim evaluate`: off-policy evaluation of candidates on a log.
 #[derive(clap::Args, Debug, Clone)]
@@ -122,7 +112,10 @@ pub struct Args {
     /// A logged propensity below this counts as tiny in the diagnostics.
     #[arg(long, default_value_t = 1e-3)]
     pub tiny_propensity: f64,
-    /// Output format (default: table on a terminal, json otherwise).
+    /// Output format (default: table on a terminal, json otherwise). JSON
+    /// is one object per candidate and line: `{"candidate", "n",
+    /// "estimates": {name: {"value", "stderr", "ci_low", "ci_high", …}},
+    /// "diagnostics": {…}}`.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Write a plot of every candidate's estimates and intervals (.png or .svg).
