@@ -21,6 +21,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `NUDGE_REDIS_URL`: the Redis model store; unset = in-process store.
     pub redis_url: Option<String>,
+    /// `NUDGE_STATE_PATH`: embedded mode only (no Redis): the file the
+    /// in-process store is saved to every `snapshot_ms` and at a graceful
+    /// stop, and loaded from at start; unset = the state lives in memory
+    /// only.
+    pub state_path: Option<PathBuf>,
     /// `NUDGE_REDIS_PREFIX`: prefix of every Redis key.
     pub redis_prefix: String,
     /// `NUDGE_STORE_TIMEOUT_MS`: bound on every store call.
@@ -66,6 +71,7 @@ impl Default for Settings {
             policies: "policies".into(),
             data_dir: "data".into(),
             redis_url: None,
+            state_path: None,
             redis_prefix: "nudge".into(),
             store_timeout_ms: 500,
             database_url: "sqlite://nudge.db".into(),

@@ -15,7 +15,9 @@
 //! - [`policy`]: policy files (`policies/*.toml`) parsed into validated
 //!   specs, and the decide / learn procedures that tie the layers together.
 //! - [`store`]: the shared model store (in-process, or Redis): pending
-//!   events, the learned stream, snapshots.
+//!   events, the learned stream, snapshots; and the outbox that keeps what
+//!   an unavailable store could not take.
+//! - [`recovery`]: replaying the outbox once the store answers again.
 //! - [`log`]: the decision log (SQLite or PostgreSQL), batched and spooled.
 //! - [`runtime`]: a live policy: its local model kept in step with the store.
 //! - [`http`]: the HTTP API, one file per route group.
@@ -34,6 +36,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod recovery;
 pub mod runtime;
 pub mod startup;
 pub mod store;

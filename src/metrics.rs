@@ -30,6 +30,18 @@ pub struct Metrics {
     pub skipped_entries: IntCounterVec,
     /// `nudge_model_version{policy}` of this replica's local model.
     pub model_version: IntGaugeVec,
+    /// `nudge_degraded_decisions_total{policy}`: decisions made while the
+    /// store was unavailable (from the last known model; queued in the
+    /// outbox).
+    pub degraded_decisions: IntCounterVec,
+    /// `nudge_outbox_replayed_total{op}`: queued store operations applied
+    /// once the store answered again.
+    pub outbox_replayed: IntCounterVec,
+    /// `nudge_outbox_rejected_total{op, reason}`: queued operations the
+    /// store refused at replay (kept in `outbox/rejected.jsonl`).
+    pub outbox_rejected: IntCounterVec,
+    /// `nudge_outbox_depth`: store operations waiting for the store.
+    pub outbox_depth: IntGauge,
     /// `nudge_log_queue_depth`.
     pub log_queue_depth: IntGauge,
     /// `nudge_log_spool_bytes`.
@@ -97,6 +109,25 @@ impl Metrics {
                 "nudge_skipped_entries_total",
                 "Learned entries or snapshots that did not fit the model",
                 &["policy"],
+            ),
+            degraded_decisions: counter(
+                "nudge_degraded_decisions_total",
+                "Decisions made while the model store was unavailable",
+                &["policy"],
+            ),
+            outbox_replayed: counter(
+                "nudge_outbox_replayed_total",
+                "Queued store operations applied after the store returned",
+                &["op"],
+            ),
+            outbox_rejected: counter(
+                "nudge_outbox_rejected_total",
+                "Queued store operations refused at replay",
+                &["op", "reason"],
+            ),
+            outbox_depth: gauge(
+                "nudge_outbox_depth",
+                "Store operations waiting for the store",
             ),
             log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
             log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),

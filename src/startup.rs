@@ -6,7 +6,9 @@ use crate::http::{self, AppState};
 use crate::log::{DecisionLog, LogSettings};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError, load_paths};
+use crate::recovery;
 use crate::runtime::PolicyRuntime;
+use crate::store::outbox::{FSYNC_EVERY, Outbox};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
@@ -76,7 +78,10 @@ impl Application {
                 &settings.redis_prefix,
                 settings.store_timeout(),
             )?)),
-            None => Store::Memory(MemoryStore::new()),
+            None => Store::Memory(match &settings.state_path {
+                Some(path) => MemoryStore::load(path)?,
+                None => MemoryStore::new(),
+            }),
         };
         let log = DecisionLog::start(&LogSettings {
             database_url: settings.database_url.clone(),
@@ -88,6 +93,8 @@ impl Application {
         })
         .await
         .map_err(|e| StartupError::Log(e.to_string()))?;
+        let outbox = Outbox::open(&settings.data_dir.join("outbox"))
+            .map_err(|e| StartupError::Log(format!("outbox: {e}")))?;
         let metrics = Metrics::new();
         let state = web::Data::new(AppState {
             policies,
@@ -96,6 +103,7 @@ impl Application {
             metrics,
             settings: settings.clone(),
             store_healthy: AtomicBool::new(true),
+            outbox,
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
@@ -124,7 +132,8 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(learner(state.clone(), stopped.clone())),
-            tokio::spawn(sweeper(state.clone(), stopped)),
+            tokio::spawn(sweeper(state.clone(), stopped.clone())),
+            tokio::spawn(replayer(state.clone(), stopped)),
         ];
         tracing::info!(
             port,
@@ -164,6 +173,7 @@ impl Application {
             let _ = rt.sync(&self.state.store, &self.state.metrics).await;
             let _ = rt.snapshot(&self.state.store, Duration::ZERO, true).await;
         }
+        save_state(&self.state).await;
         self.state.log.shutdown().await;
         tracing::info!("nudge stopped");
         served
@@ -176,6 +186,7 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.settings.sync_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let every = Duration::from_millis(state.settings.snapshot_ms);
+    let mut last_save = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -192,6 +203,51 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
                 state.store_result("snapshot", &saved);
             }
         }
+        if last_save.elapsed() >= every {
+            last_save = std::time::Instant::now();
+            save_state(&state).await;
+        }
+    }
+}
+
+/// Embedded mode with a state path: saves the in-process store.
+async fn save_state(state: &AppState) {
+    if let (Store::Memory(store), Some(path)) = (&state.store, &state.settings.state_path) {
+        let saved = store.save(path).await;
+        if saved.is_err() {
+            state.store_result("save_state", &saved);
+        }
+    }
+}
+
+/// While the outbox holds operations: fsyncs it, and once the store answers
+/// a ping, replays it (see [`crate::recovery`]). On stop, a last fsync; what
+/// is still queued is replayed by the next start.
+async fn replayer(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(FSYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if !state.outbox.active() {
+            continue;
+        }
+        if let Err(e) = state.outbox.sync() {
+            tracing::error!(error = %e, "outbox: fsync failed");
+        }
+        let ping = state.store.ping().await;
+        state.store_result("ping", &ping);
+        if ping.is_ok() {
+            let n = recovery::drain(&state).await;
+            if n > 0 {
+                tracing::info!(ops = n, left = state.outbox.len(), "outbox replayed");
+            }
+        }
+    }
+    if let Err(e) = state.outbox.sync() {
+        tracing::error!(error = %e, "outbox: fsync failed");
     }
 }
 
@@ -203,6 +259,11 @@ async fn sweeper(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        if state.outbox.active() {
+            // Queued rewards must reach the store before a window they
+            // arrived in is closed with the default.
+            continue;
         }
         for rt in state.policies.values() {
             let swept = rt.sweep(&state.store, &state.log, &state.metrics).await;

@@ -5,6 +5,7 @@ use super::{AppState, check_event_id, parse_field, parse_json, read_body};
 use crate::features::Features;
 use crate::log::{DecisionRow, JsonText, LogRecord};
 use crate::policy::{DecideError, DecideRequest, Decision, Mode};
+use crate::store::outbox::Op;
 use crate::store::{EventRecord, Recorded, Slot};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -221,27 +222,56 @@ pub async fn decide(
         deferred: body.defer,
         response: response_json,
     };
-    let recorded = state
-        .store
-        .record(
-            spec.id.as_str(),
-            &record,
-            &runtime.rules,
-            now.timestamp_millis(),
-        )
-        .await;
-    state.store_result("record", &recorded);
+    let recorded = if state.outbox.active() {
+        // Earlier operations wait for the store: this one queues behind
+        // them (the store is not even tried, so an outage costs no latency).
+        None
+    } else {
+        let r = state
+            .store
+            .record(
+                spec.id.as_str(),
+                &record,
+                &runtime.rules,
+                now.timestamp_millis(),
+            )
+            .await;
+        state.store_result("record", &r);
+        Some(r)
+    };
     let degraded = match recorded {
-        Ok(Recorded::Existing(previous)) => {
+        Some(Ok(Recorded::Existing(previous))) => {
             // A retry: the first answer stands, and it is logged once.
             return Ok(HttpResponse::Ok()
                 .content_type("application/json")
                 .body(previous));
         }
-        Ok(Recorded::New) => false,
-        // The store is down: answer anyway with the local model; the
-        // decision is logged (flagged) but cannot be learned from.
-        Err(_) => true,
+        Some(Ok(Recorded::New)) => false,
+        // The store is unavailable: answer anyway, from the last model this
+        // replica has, and queue the event for the store, so it is learned
+        // from once the store is back. The decision row says `degraded`.
+        None | Some(Err(_)) => {
+            let queued = state.outbox.push(Op::Record {
+                policy: spec.id.clone(),
+                event: record.clone(),
+                now_ms: now.timestamp_millis(),
+            });
+            if let Err(e) = queued {
+                // Still answered and logged, but it cannot be learned from.
+                tracing::error!(error = %e, "outbox write failed; decision will not be learned");
+                state
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["outbox"])
+                    .inc();
+            }
+            state
+                .metrics
+                .degraded_decisions
+                .with_label_values(&[&spec.id])
+                .inc();
+            true
+        }
     };
 
     let action_label = match spec.mode {

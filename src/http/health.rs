@@ -25,6 +25,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             state.store.kind()
         ));
     }
+    let outbox = state.outbox.len();
+    if state.outbox.active() {
+        reasons.push(format!(
+            "model store operations queued in the outbox: {outbox} (decisions come from the last known model; replayed when the store answers)"
+        ));
+    }
     if !state.log.db_healthy() {
         reasons.push(format!(
             "decision log database unreachable; spooling ({} bytes)",
@@ -41,6 +47,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "reasons": reasons,
         "store": state.store.kind(),
         "store_ok": store.is_ok() && state.store_healthy.load(Ordering::Relaxed),
+        "outbox_ops": outbox,
         "log_ok": state.log.db_healthy(),
         "log_queue": state.log.queue_depth(),
         "log_spool_bytes": state.log.spool_bytes(),
@@ -52,6 +59,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.metrics;
     m.log_queue_depth.set(state.log.queue_depth() as i64);
+    m.outbox_depth.set(state.outbox.len() as i64);
     m.log_spool_bytes.set(state.log.spool_bytes() as i64);
     for (id, rt) in &state.policies {
         m.model_version

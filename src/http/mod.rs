@@ -39,6 +39,8 @@ pub struct AppState {
     pub settings: Settings,
     /// False after a store call failed, true again after one succeeded.
     pub store_healthy: AtomicBool,
+    /// Store operations waiting for an unavailable store.
+    pub outbox: crate::store::outbox::Outbox,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@ use super::{AppState, check_event_id, parse_json, read_body, unavailable};
 use crate::log::{ActivationRow, JsonText, LogRecord, RewardRow};
 use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
+use crate::store::outbox::Op;
 use crate::store::{ActivateOutcome, RewardOutcome};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -37,7 +38,8 @@ pub struct Accepted {
     /// The event id.
     pub event_id: String,
     /// `learned` (applied now), `accumulated` (summed until the window
-    /// closes) or `activated`.
+    /// closes), `activated`, or `queued` (the model store is unavailable:
+    /// kept in the outbox and applied, in order, when it answers again).
     pub status: String,
 }
 
@@ -51,19 +53,27 @@ fn unknown_event(event_id: &str) -> ApiError {
 }
 
 /// The policy of `event_id`: the one named in the request, or the store's.
+/// `Ok(None)` when only the store could tell and it is unavailable (or
+/// operations are queuing): the request is then queued, and the policy
+/// looked up at replay.
 async fn resolve(
     state: &AppState,
     event_id: &str,
     named: Option<&str>,
-) -> Result<Arc<PolicyRuntime>, ApiError> {
+) -> Result<Option<Arc<PolicyRuntime>>, ApiError> {
     if let Some(p) = named {
-        return state.policy(p, "policy").cloned();
+        return state.policy(p, "policy").cloned().map(Some);
+    }
+    if state.outbox.active() {
+        return Ok(None);
     }
     let found = state.store.event_policy(event_id).await;
     state.store_result("event_policy", &found);
-    match found.map_err(unavailable)? {
-        Some(p) => state.policy(&p, "policy").cloned(),
-        None => Err(unknown_event(event_id)),
+    match found {
+        Ok(Some(p)) => state.policy(&p, "policy").cloned().map(Some),
+        Ok(None) => Err(unknown_event(event_id)),
+        Err(e) if e.is_transient() => Ok(None),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
@@ -83,17 +93,78 @@ fn reward_error(e: RewardError, signals: bool) -> ApiError {
     ApiError::field(code, field, e.to_string())
 }
 
+/// The reward `raw` (a number) or `signals` stand for under `runtime`'s
+/// policy, checked against its declared range and signal names.
+pub(crate) fn reward_value(
+    runtime: &PolicyRuntime,
+    raw: Option<f64>,
+    signals: Option<&BTreeMap<String, f64>>,
+) -> Result<f64, ApiError> {
+    let spec = runtime.policy.spec();
+    match (raw, signals) {
+        (Some(r), None) => spec.reward.check(r).map_err(|e| reward_error(e, false)),
+        (None, Some(signals)) => spec
+            .reward
+            .from_signals(signals.iter().map(|(k, v)| (k.as_str(), *v)))
+            .map_err(|e| reward_error(e, true)),
+        _ => Err(ApiError::field(
+            "invalid_field",
+            "reward",
+            "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
+        )),
+    }
+}
+
+/// Logs a reward the store applied, and counts it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn log_reward(
+    state: &AppState,
+    runtime: &PolicyRuntime,
+    reward_id: uuid::Uuid,
+    event_id: &str,
+    action: String,
+    value: f64,
+    signals: Option<&BTreeMap<String, f64>>,
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
+    let kind = if signals.is_some() {
+        "signals"
+    } else {
+        "reward"
+    };
+    state
+        .metrics
+        .rewards
+        .with_label_values(&[runtime.id(), kind])
+        .inc();
+    state.log.record(LogRecord::Reward(RewardRow {
+        reward_id,
+        event_id: event_id.to_string(),
+        policy: runtime.id().to_string(),
+        action,
+        reward: value,
+        signals: signals.map(JsonText::of),
+        is_default: false,
+        received_at,
+    }));
+}
+
 /// `POST /v1/reward`.
+///
+/// While the model store is unavailable (or earlier operations are still
+/// queued for it), a well-formed reward is acknowledged `202` with status
+/// `queued`: it is kept in the outbox and applied, in order, when the store
+/// answers again (see [`crate::store::outbox`]).
 #[utoipa::path(
     post,
     path = "/v1/reward",
     request_body = RewardBody,
     responses(
-        (status = 202, description = "Accepted", body = Accepted),
+        (status = 202, description = "Accepted: learned, accumulated, or queued while the store is unavailable", body = Accepted),
         (status = 400, description = "Invalid reward", body = super::error::ErrorBody),
         (status = 404, description = "Unknown or expired event", body = super::error::ErrorBody),
         (status = 409, description = "Already rewarded, or not activated", body = super::error::ErrorBody),
-        (status = 503, description = "Model store unavailable", body = super::error::ErrorBody),
+        (status = 503, description = "Model store unavailable and the outbox cannot be written", body = super::error::ErrorBody),
     )
 )]
 pub async fn reward(
@@ -104,63 +175,74 @@ pub async fn reward(
     let body = read_body(payload, state.settings.max_body_bytes).await?;
     let body: RewardBody = parse_json(&body)?;
     check_event_id(&body.event_id, "event_id")?;
-    let runtime = resolve(&state, &body.event_id, body.policy.as_deref()).await?;
-    let spec = runtime.policy.spec();
-    let (value, kind) = match (body.reward, &body.signals) {
-        (Some(r), None) => (
-            spec.reward.check(r).map_err(|e| reward_error(e, false))?,
+    if body.reward.is_some() == body.signals.is_some() {
+        return Err(ApiError::field(
+            "invalid_field",
             "reward",
-        ),
-        (None, Some(signals)) => {
-            let r = spec
-                .reward
-                .from_signals(signals.iter().map(|(k, v)| (k.as_str(), *v)))
-                .map_err(|e| reward_error(e, true))?;
-            (r, "signals")
-        }
-        _ => {
-            return Err(ApiError::field(
-                "invalid_field",
-                "reward",
-                "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
-            ));
-        }
+            "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
+        ));
+    }
+    let runtime = resolve(&state, &body.event_id, body.policy.as_deref()).await?;
+    let value = match &runtime {
+        Some(rt) => Some(reward_value(rt, body.reward, body.signals.as_ref())?),
+        None => None,
     };
+    let reward_id = uuid::Uuid::now_v7();
     let now = chrono::Utc::now();
-    let outcome = state
-        .store
-        .reward(
-            runtime.id(),
-            &body.event_id,
-            body.action.as_deref(),
-            value,
-            &runtime.rules,
-            now.timestamp_millis(),
-        )
-        .await;
-    state.store_result("reward", &outcome);
-    let (status, action) = match outcome.map_err(unavailable)? {
+    let outcome = match (&runtime, value) {
+        (Some(rt), Some(value)) if !state.outbox.active() => {
+            let outcome = state
+                .store
+                .reward_once(
+                    rt.id(),
+                    &body.event_id,
+                    body.action.as_deref(),
+                    value,
+                    &rt.rules,
+                    now.timestamp_millis(),
+                    &reward_id.to_string(),
+                )
+                .await;
+            state.store_result("reward", &outcome);
+            match outcome {
+                Ok(o) => Some(o),
+                Err(e) if e.is_transient() => None,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        _ => None,
+    };
+    let Some(outcome) = outcome else {
+        state
+            .outbox
+            .push(Op::Reward {
+                reward_id,
+                policy: runtime.as_ref().map(|rt| rt.id().to_string()),
+                event_id: body.event_id.clone(),
+                action: body.action.clone(),
+                value,
+                raw: body.reward,
+                signals: body.signals.clone(),
+                received_at: now,
+            })
+            .map_err(unavailable)?;
+        return Ok(HttpResponse::Accepted().json(Accepted {
+            event_id: body.event_id,
+            status: "queued".into(),
+        }));
+    };
+    let runtime = runtime.expect("a store outcome needs the policy");
+    let value = value.expect("a store outcome needs the value");
+    let (status, action) = match outcome {
         RewardOutcome::Learned(action) => ("learned", action),
         RewardOutcome::Accumulated(action) => ("accumulated", action),
+        // A fresh id cannot have been applied before.
+        RewardOutcome::Duplicate(action) => ("duplicate", action),
         RewardOutcome::UnknownEvent | RewardOutcome::Expired => {
             return Err(unknown_event(&body.event_id));
         }
-        RewardOutcome::AlreadyRewarded => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_rewarded",
-                "this decision was already rewarded (the policy learns the first reward)",
-            )
-            .at("event_id"));
-        }
-        RewardOutcome::NotActivated => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_activated",
-                "a deferred decision takes rewards only after it is activated",
-            )
-            .at("event_id"));
-        }
+        RewardOutcome::AlreadyRewarded => return Err(already_rewarded()),
+        RewardOutcome::NotActivated => return Err(not_activated()),
         RewardOutcome::UnknownAction => {
             return Err(ApiError::field(
                 "unknown_action",
@@ -169,21 +251,16 @@ pub async fn reward(
             ));
         }
     };
-    state
-        .metrics
-        .rewards
-        .with_label_values(&[runtime.id(), kind])
-        .inc();
-    state.log.record(LogRecord::Reward(RewardRow {
-        reward_id: uuid::Uuid::now_v7(),
-        event_id: body.event_id.clone(),
-        policy: runtime.id().to_string(),
+    log_reward(
+        &state,
+        &runtime,
+        reward_id,
+        &body.event_id,
         action,
-        reward: value,
-        signals: body.signals.as_ref().map(JsonText::of),
-        is_default: false,
-        received_at: now,
-    }));
+        value,
+        body.signals.as_ref(),
+        now,
+    );
     state
         .metrics
         .latency
@@ -193,6 +270,24 @@ pub async fn reward(
         event_id: body.event_id,
         status: status.into(),
     }))
+}
+
+fn already_rewarded() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_rewarded",
+        "this decision was already rewarded (the policy learns the first reward)",
+    )
+    .at("event_id")
+}
+
+fn not_activated() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_activated",
+        "a deferred decision takes rewards only after it is activated",
+    )
+    .at("event_id")
 }
 
 /// Optional body of an activation.
@@ -211,6 +306,7 @@ pub struct ActivateBody {
     request_body(content = ActivateBody, description = "Optional"),
     responses(
         (status = 200, description = "Activated (or already active)", body = Accepted),
+        (status = 202, description = "Queued: the model store is unavailable; applied when it returns", body = Accepted),
         (status = 404, description = "Unknown event", body = super::error::ErrorBody),
         (status = 409, description = "Not deferred, or activation window over", body = super::error::ErrorBody),
         (status = 503, description = "Model store unavailable", body = super::error::ErrorBody),
@@ -231,17 +327,37 @@ pub async fn activate(
     };
     let runtime = resolve(&state, &event_id, body.policy.as_deref()).await?;
     let now = chrono::Utc::now();
-    let outcome = state
-        .store
-        .activate(
-            runtime.id(),
-            &event_id,
-            &runtime.rules,
-            now.timestamp_millis(),
-        )
-        .await;
-    state.store_result("activate", &outcome);
-    match outcome.map_err(unavailable)? {
+    let outcome = match &runtime {
+        Some(rt) if !state.outbox.active() => {
+            let outcome = state
+                .store
+                .activate(rt.id(), &event_id, &rt.rules, now.timestamp_millis())
+                .await;
+            state.store_result("activate", &outcome);
+            match outcome {
+                Ok(o) => Some(o),
+                Err(e) if e.is_transient() => None,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        _ => None,
+    };
+    let Some(outcome) = outcome else {
+        state
+            .outbox
+            .push(Op::Activate {
+                policy: runtime.as_ref().map(|rt| rt.id().to_string()),
+                event_id: event_id.clone(),
+                activated_at: now,
+            })
+            .map_err(unavailable)?;
+        return Ok(HttpResponse::Accepted().json(Accepted {
+            event_id,
+            status: "queued".into(),
+        }));
+    };
+    let runtime = runtime.expect("a store outcome needs the policy");
+    match outcome {
         ActivateOutcome::Activated => {
             state.log.record(LogRecord::Activation(ActivationRow {
                 event_id: event_id.clone(),

@@ -1,31 +1,55 @@
 //! The embedded store: the same semantics as the Redis store, in-process.
 //! One mutex guards everything; every operation is short and never awaits
 //! while holding it.
+//!
+//! With a state path configured (`NUDGE_STATE_PATH`), the whole store —
+//! every policy's snapshot, the learned stream after it, reset epochs, the
+//! pending events with their responses, partial sums and activation flags,
+//! and the event index — is saved to that file ([`MemoryStore::save`], a
+//! write to a temporary file, fsync, then rename) and loaded at start
+//! ([`MemoryStore::load`]). What happened after the last save is lost on a
+//! crash; a graceful stop saves last.
 
 use super::{
     ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
     StoreError, StreamId, SweepResult, SyncBatch,
 };
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-#[derive(Debug)]
+/// The state file's header: what it is, and its layout version.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: String,
+    version: u32,
+    state: Inner,
+}
+
+const STATE_FORMAT: &str = "nudge-memory-store";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SlotState {
     learned: bool,
     sum: f64,
     count: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Event {
     record: EventRecord,
     state: Vec<SlotState>,
     activated: bool,
+    /// Ids of the rewards applied (a replayed id is not applied again).
+    reward_ids: Vec<String>,
     /// Forgotten after this (unix ms).
     expires_ms: i64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PolicyData {
     events: HashMap<String, Event>,
     due: BTreeSet<(i64, String)>,
@@ -70,7 +94,7 @@ impl PolicyData {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Inner {
     policies: HashMap<String, PolicyData>,
     index: HashMap<String, (String, i64)>,
@@ -86,6 +110,62 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store with the state saved at `path` by [`MemoryStore::save`], or
+    /// an empty one if the file does not exist. A file that cannot be read
+    /// is an error (starting empty would silently forget the models).
+    pub fn load(path: &Path) -> Result<Self, StoreError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new()),
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let file: StateFile = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("state file {}: {e}", path.display())))?;
+        if file.format != STATE_FORMAT || file.version != STATE_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "state file {}: format {:?} version {}, expected {STATE_FORMAT:?} version {STATE_VERSION}",
+                path.display(),
+                file.format,
+                file.version
+            )));
+        }
+        Ok(MemoryStore {
+            inner: Arc::new(Mutex::new(file.state)),
+        })
+    }
+
+    /// Saves the whole store to `path` atomically (temporary file, fsync,
+    /// rename). The lock is held only to copy the state; encoding and
+    /// writing happen after, so requests are not held up by the disk.
+    pub async fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let state = self.lock().clone();
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let file = StateFile {
+                format: STATE_FORMAT.into(),
+                version: STATE_VERSION,
+                state,
+            };
+            let tmp = path.with_extension("tmp");
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            serde_json::to_writer(&mut out, &file).map_err(std::io::Error::other)?;
+            out.flush()?;
+            out.get_ref().sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| StoreError::Unavailable(format!("cannot save state: {e}")))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -122,6 +202,7 @@ impl MemoryStore {
                     .collect(),
                 record: event.clone(),
                 activated: false,
+                reward_ids: Vec::new(),
                 expires_ms,
             },
         );
@@ -136,6 +217,7 @@ impl MemoryStore {
         Ok(inner.index.get(event_id).map(|(p, _)| p.clone()))
     }
 
+    #[allow(clippy::too_many_arguments)] // mirrors `Store::reward_once`
     pub(super) async fn reward(
         &self,
         policy: &str,
@@ -144,6 +226,7 @@ impl MemoryStore {
         reward: f64,
         rules: &RewardRules,
         now_ms: i64,
+        reward_id: &str,
     ) -> Result<RewardOutcome, StoreError> {
         let mut inner = self.lock();
         let data = inner.policies.entry(policy.to_string()).or_default();
@@ -160,14 +243,22 @@ impl MemoryStore {
                 None => return Ok(RewardOutcome::UnknownAction),
             },
         };
+        if !reward_id.is_empty() && event.reward_ids.iter().any(|r| r == reward_id) {
+            return Ok(RewardOutcome::Duplicate(
+                event.record.slots[slot].action.clone(),
+            ));
+        }
         if now_ms > event.record.deadline_ms {
             return Ok(RewardOutcome::Expired);
         }
-        let state = &mut event.state[slot];
-        if state.learned {
+        if event.state[slot].learned {
             return Ok(RewardOutcome::AlreadyRewarded);
         }
         let action = event.record.slots[slot].action.clone();
+        if !reward_id.is_empty() {
+            event.reward_ids.push(reward_id.to_string());
+        }
+        let state = &mut event.state[slot];
         if rules.sum {
             state.sum += reward;
             state.count += 1;

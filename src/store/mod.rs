@@ -22,6 +22,7 @@
 //! hash tag).
 
 mod memory;
+pub mod outbox;
 mod redis;
 
 pub use memory::MemoryStore;
@@ -32,7 +33,19 @@ use std::str::FromStr;
 
 /// A position in a policy's learned stream (`<ms>-<seq>`, as Redis stream
 /// ids; the memory store uses `0-<seq>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct StreamId {
     /// Milliseconds part.
     pub ms: u64,
@@ -59,7 +72,7 @@ impl FromStr for StreamId {
 }
 
 /// One slate position of a decided event: what learning needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Slot {
     /// The action's id (an arm, or a shared-mode candidate).
     pub action: String,
@@ -70,7 +83,7 @@ pub struct Slot {
 }
 
 /// A decided event, stored until its reward window closes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventRecord {
     /// The event id.
     pub event_id: String,
@@ -119,6 +132,9 @@ pub enum RewardOutcome {
     /// Added to the event's sum for this action, learned when the window
     /// closes.
     Accumulated(String),
+    /// This reward id was applied to this event before (for this action):
+    /// nothing changed.
+    Duplicate(String),
     /// No such event (never decided, or forgotten after retention).
     UnknownEvent,
     /// The reward window has closed.
@@ -147,7 +163,7 @@ pub enum ActivateOutcome {
 }
 
 /// An entry of the learned stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LearnedEntry {
     /// Stream position.
     pub id: StreamId,
@@ -211,6 +227,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the store may answer if asked again later (unreachable, or
+    /// too slow), as opposed to data it will never accept.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout)
+    }
+}
+
 /// The store of a service: one of the two implementations.
 ///
 /// Contract, for both: every operation is atomic with respect to all
@@ -262,7 +286,25 @@ impl Store {
         rules: &RewardRules,
         now_ms: i64,
     ) -> Result<RewardOutcome, StoreError> {
-        dispatch!(self, s => s.reward(policy, event_id, action, reward, rules, now_ms).await)
+        dispatch!(self, s => s.reward(policy, event_id, action, reward, rules, now_ms, "").await)
+    }
+
+    /// [`Store::reward`] with an idempotency key: a `reward_id` already
+    /// applied to this event is not applied again and answers
+    /// [`RewardOutcome::Duplicate`], so a reward retried after a timeout (or
+    /// replayed from the outbox after a crash) is learned once.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reward_once(
+        &self,
+        policy: &str,
+        event_id: &str,
+        action: Option<&str>,
+        reward: f64,
+        rules: &RewardRules,
+        now_ms: i64,
+        reward_id: &str,
+    ) -> Result<RewardOutcome, StoreError> {
+        dispatch!(self, s => s.reward(policy, event_id, action, reward, rules, now_ms, reward_id).await)
     }
 
     /// Activates a deferred decision: its reward window starts now.

@@ -206,6 +206,7 @@ impl RedisStore {
             .await
     }
 
+    #[allow(clippy::too_many_arguments)] // mirrors `Store::reward_once`
     pub(super) async fn reward(
         &self,
         policy: &str,
@@ -214,6 +215,7 @@ impl RedisStore {
         reward: f64,
         rules: &RewardRules,
         now_ms: i64,
+        reward_id: &str,
     ) -> Result<RewardOutcome, StoreError> {
         let mut inv = self.scripts.reward.prepare_invoke();
         inv.key(self.event_key(policy, event_id))
@@ -223,11 +225,13 @@ impl RedisStore {
             .arg(action.unwrap_or(""))
             .arg(format_f64(reward))
             .arg(u8::from(rules.sum))
-            .arg(now_ms);
+            .arg(now_ms)
+            .arg(reward_id);
         let (outcome, action): (String, String) = self.run(&inv).await?;
         Ok(match outcome.as_str() {
             "learned" => RewardOutcome::Learned(action),
             "accumulated" => RewardOutcome::Accumulated(action),
+            "duplicate" => RewardOutcome::Duplicate(action),
             "unknown_event" => RewardOutcome::UnknownEvent,
             "expired" => RewardOutcome::Expired,
             "already_rewarded" => RewardOutcome::AlreadyRewarded,

@@ -1,5 +1,7 @@
 -- KEYS[1] event blob, KEYS[2] event state hash, KEYS[3] learned stream
--- ARGV: event_id, action ('' = the chosen one), reward, sum(0/1), now_ms
+-- ARGV: event_id, action ('' = the chosen one), reward, sum(0/1), now_ms,
+-- reward id ('' = none): a reward id seen before for this event is not
+-- applied again (a replay after a timeout or a crash), answered 'duplicate'.
 local blob = redis.call('GET', KEYS[1])
 if not blob then return {'unknown_event', ''} end
 local f = fields(blob)
@@ -13,9 +15,14 @@ if ARGV[2] ~= '' then
   end
   if j < 0 then return {'unknown_action', ''} end
 end
+local rid = ARGV[6] or ''
+if rid ~= '' and redis.call('HEXISTS', KEYS[2], 'r:' .. rid) == 1 then
+  return {'duplicate', f[6 + 3 * j]}
+end
 if tonumber(ARGV[5]) > deadline(f, h[2]) then return {'expired', ''} end
 if redis.call('HGET', KEYS[2], 'st' .. j) == '1' then return {'already_rewarded', ''} end
 local action = f[6 + 3 * j]
+if rid ~= '' then redis.call('HSET', KEYS[2], 'r:' .. rid, '1') end
 if ARGV[4] == '1' then
   redis.call('HINCRBYFLOAT', KEYS[2], 's' .. j, ARGV[3])
   redis.call('HINCRBY', KEYS[2], 'c' .. j, 1)
