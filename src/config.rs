@@ -54,6 +54,11 @@ pub struct Settings {
     /// answer a late reward with 404/409 precisely and retried decides with
     /// the same decision.
     pub retention_secs: u64,
+    /// `NUDGE_OUTBOX_MAX_OPS`: most store operations kept while the store
+    /// is unavailable (about 1 KB each, on disk and in memory); beyond,
+    /// decisions are still answered but not learned from, and rewards get
+    /// 503.
+    pub outbox_max_ops: usize,
     /// `NUDGE_MAX_BODY_BYTES`: largest request body.
     pub max_body_bytes: usize,
     /// `NUDGE_MAX_CANDIDATES`: most candidate actions per request.
@@ -84,6 +89,7 @@ impl Default for Settings {
             sweep_ms: 500,
             snapshot_ms: 5_000,
             retention_secs: 3_600,
+            outbox_max_ops: 1_000_000,
             max_body_bytes: 1 << 20,
             max_candidates: 1_000,
             max_k: 100,

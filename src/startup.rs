@@ -93,7 +93,7 @@ impl Application {
         })
         .await
         .map_err(|e| StartupError::Log(e.to_string()))?;
-        let outbox = Outbox::open(&settings.data_dir.join("outbox"))
+        let outbox = Outbox::open(&settings.data_dir.join("outbox"), settings.outbox_max_ops)
             .map_err(|e| StartupError::Log(format!("outbox: {e}")))?;
         let metrics = Metrics::new();
         let state = web::Data::new(AppState {

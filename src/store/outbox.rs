@@ -127,6 +127,8 @@ struct Inner {
 /// The ordered, durable queue of store operations (see the module doc).
 pub struct Outbox {
     inner: Mutex<Inner>,
+    /// Most operations held; beyond, [`Outbox::push`] refuses.
+    capacity: usize,
     /// True while operations must queue: read lock-free on every request.
     active: AtomicBool,
     len: AtomicUsize,
@@ -135,8 +137,10 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (creating) `dir`, takes its lock, and loads what a previous
     /// run left; the outbox starts active if that is not empty. Lines that
-    /// do not parse (a torn last write) are skipped with a warning.
-    pub fn open(dir: &Path) -> io::Result<Outbox> {
+    /// do not parse (a torn last write) are skipped with a warning. It holds
+    /// at most `capacity` operations (in memory and on disk; a decided
+    /// event is about a kilobyte).
+    pub fn open(dir: &Path, capacity: usize) -> io::Result<Outbox> {
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -189,6 +193,7 @@ impl Outbox {
                 dir: dir.to_path_buf(),
                 _lock: lock,
             }),
+            capacity,
             active: AtomicBool::new(n > 0),
             len: AtomicUsize::new(n),
         })
@@ -215,12 +220,21 @@ impl Outbox {
     }
 
     /// Appends `op` (to the file, then the queue) and makes the outbox
-    /// active. Fails only if the file cannot be written; the caller must
-    /// then not acknowledge what the operation stands for as stored.
+    /// active. Fails if the outbox is full or the file cannot be written;
+    /// the caller must then not acknowledge the operation as kept.
     pub fn push(&self, op: Op) -> io::Result<()> {
         let mut line = serde_json::to_vec(&op).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut inner = self.lock();
+        if inner.queue.len() >= self.capacity {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the outbox holds its maximum of {} operations",
+                    self.capacity
+                ),
+            ));
+        }
         inner.file.write_all(&line)?;
         inner.dirty = true;
         inner.queue.push_back(op);
@@ -320,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ops: Vec<Op> = (0..3).map(reward).collect();
         {
-            let outbox = Outbox::open(dir.path()).unwrap();
+            let outbox = Outbox::open(dir.path(), 100).unwrap();
             assert!(!outbox.active());
             for op in &ops {
                 outbox.push(op.clone()).unwrap();
@@ -329,7 +343,7 @@ mod tests {
             assert_eq!(outbox.len(), 3);
             outbox.sync().unwrap();
         }
-        let outbox = Outbox::open(dir.path()).unwrap();
+        let outbox = Outbox::open(dir.path(), 100).unwrap();
         assert!(outbox.active(), "a non-empty outbox starts active");
         for op in &ops {
             assert_eq!(outbox.front().as_ref(), Some(op));
@@ -338,7 +352,7 @@ mod tests {
         assert!(!outbox.active());
         assert_eq!(outbox.front(), None);
         drop(outbox);
-        let reopened = Outbox::open(dir.path()).unwrap();
+        let reopened = Outbox::open(dir.path(), 100).unwrap();
         assert!(reopened.is_empty());
         assert!(!reopened.active());
     }
@@ -347,7 +361,7 @@ mod tests {
     fn a_torn_last_line_is_skipped_and_later_appends_stay_readable() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let outbox = Outbox::open(dir.path()).unwrap();
+            let outbox = Outbox::open(dir.path(), 100).unwrap();
             outbox.push(reward(1)).unwrap();
         }
         let mut f = OpenOptions::new()
@@ -357,19 +371,32 @@ mod tests {
         f.write_all(b"{\"op\":\"reward\",\"rew").unwrap();
         drop(f);
         {
-            let outbox = Outbox::open(dir.path()).unwrap();
+            let outbox = Outbox::open(dir.path(), 100).unwrap();
             assert_eq!(outbox.len(), 1);
             outbox.push(reward(2)).unwrap();
         }
-        let outbox = Outbox::open(dir.path()).unwrap();
+        let outbox = Outbox::open(dir.path(), 100).unwrap();
         assert_eq!(outbox.len(), 2);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_more_and_takes_again_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), 2).unwrap();
+        outbox.push(reward(1)).unwrap();
+        outbox.push(reward(2)).unwrap();
+        let full = outbox.push(reward(3)).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        outbox.pop(2).unwrap();
+        outbox.push(reward(4)).unwrap();
+        assert_eq!(outbox.len(), 1);
     }
 
     #[test]
     fn a_second_process_cannot_take_the_same_outbox() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Outbox::open(dir.path()).unwrap();
-        let second = Outbox::open(dir.path());
+        let _first = Outbox::open(dir.path(), 100).unwrap();
+        let second = Outbox::open(dir.path(), 100);
         assert_eq!(
             second.err().map(|e| e.kind()),
             Some(io::ErrorKind::ResourceBusy)
