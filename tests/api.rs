@@ -657,9 +657,11 @@ async fn two_replicas_on_one_redis_lose_no_reward_and_agree_on_the_model() {
     one.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events() {
-    let mut first = spawn_app(Backend::Production).await;
+/// Decides and rewards on `first`, stops it, starts another instance on the
+/// same stores: it must have the same model, the same pending events, give
+/// a retried decide the same answer, and learn a reward for an event
+/// decided before the restart.
+async fn comes_back_the_same_after_a_restart(mut first: TestApp) {
     for i in 0..20 {
         first
             .post("/v1/decide", &push(&format!("before-{i}")))
@@ -671,13 +673,16 @@ async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events()
         .post("/v1/decide", &push("pending-across-restart"))
         .await;
     let model = first.model("push").await;
+    assert_eq!(model.1.iter().map(|(_, n)| n).sum::<u64>(), 20);
     let (_, stats) = first.get_json("/v1/policies/push").await;
+    assert!(stats["pending_events"].as_u64().unwrap() > 0, "{stats}");
     first.stop().await;
 
     let mut second = spawn_replica(&first).await;
     assert_eq!(second.model("push").await, model);
     let (_, again) = second.get_json("/v1/policies/push").await;
     assert_eq!(again["stats"], stats["stats"]);
+    assert_eq!(again["pending_events"], stats["pending_events"], "{again}");
     // The decision made before the restart is still pending: a retry gets
     // the same answer, and its reward is learned.
     let (_, retried) = second
@@ -685,9 +690,26 @@ async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events()
         .await;
     assert_eq!(retried, pending);
     let reward = json!({"event_id": "pending-across-restart", "reward": 1.0});
-    assert_eq!(second.post("/v1/reward", &reward).await.0, 202);
+    let (status, body) = second.post("/v1/reward", &reward).await;
+    assert_eq!(status, 202, "{body}");
     assert_eq!(second.model("push").await.0, model.0 + 1);
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_comes_back_with_the_same_model_and_pending_events() {
+    comes_back_the_same_after_a_restart(spawn_app(Backend::Production).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_service_with_a_state_path_comes_back_with_its_model_and_pending_events() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_path = state_dir.path().join("state.json");
+    let first = support::spawn_app_with(Backend::Embedded, |s| {
+        s.state_path = Some(state_path.clone());
+    })
+    .await;
+    comes_back_the_same_after_a_restart(first).await;
 }
 
 on_both_backends!(
@@ -723,48 +745,6 @@ on_both_backends!(
         assert_eq!(err["error"]["field"], "id");
     }
 );
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_embedded_service_with_a_state_path_comes_back_with_its_model_and_pending_events() {
-    let state_dir = tempfile::tempdir().unwrap();
-    let state_path = state_dir.path().join("state.json");
-    let mut first = support::spawn_app_with(Backend::Embedded, |s| {
-        s.state_path = Some(state_path.clone());
-    })
-    .await;
-    for i in 0..20 {
-        first
-            .post("/v1/decide", &push(&format!("before-{i}")))
-            .await;
-        let reward = json!({"event_id": format!("before-{i}"), "reward": 0.5});
-        assert_eq!(first.post("/v1/reward", &reward).await.0, 202);
-    }
-    let (_, pending) = first
-        .post("/v1/decide", &push("pending-across-restart"))
-        .await;
-    let model = first.model("push").await;
-    assert_eq!(model.1.iter().map(|(_, n)| n).sum::<u64>(), 20);
-    let (_, stats) = first.get_json("/v1/policies/push").await;
-    first.stop().await;
-    assert!(state_path.exists(), "a graceful stop saves the state");
-
-    let mut second = spawn_replica(&first).await;
-    assert_eq!(second.model("push").await, model);
-    let (_, again) = second.get_json("/v1/policies/push").await;
-    assert_eq!(again["stats"], stats["stats"]);
-    assert!(stats["pending_events"].as_u64().unwrap() > 0, "{stats}");
-    assert_eq!(again["pending_events"], stats["pending_events"], "{again}");
-    let (_, retried) = second
-        .post("/v1/decide", &push("pending-across-restart"))
-        .await;
-    assert_eq!(retried, pending);
-    let reward = json!({"event_id": "pending-across-restart", "reward": 1.0});
-    let (status, body) = second.post("/v1/reward", &reward).await;
-    assert_eq!(status, 202, "{body}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(second.model("push").await.0, model.0 + 1);
-    second.stop().await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_stops_the_start_instead_of_forgetting_the_models() {

@@ -6,7 +6,7 @@ use crate::log::{ActivationRow, JsonText, LogRecord, RewardRow};
 use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
 use crate::store::outbox::Op;
-use crate::store::{ActivateOutcome, RewardOutcome};
+use crate::store::{ActivateOutcome, RewardOutcome, StoreError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -203,19 +203,14 @@ pub async fn reward(
                     &reward_id.to_string(),
                 )
                 .await;
-            state.store_result("reward", &outcome);
-            match outcome {
-                Ok(o) => Some(o),
-                Err(e) if e.is_transient() => None,
-                Err(e) => return Err(unavailable(e)),
-            }
+            queue_unless_stored(&state, "reward", outcome)?
         }
         _ => None,
     };
     let Some(outcome) = outcome else {
-        state
-            .outbox
-            .push(Op::Reward {
+        return queue(
+            &state,
+            Op::Reward {
                 reward_id,
                 policy: runtime.as_ref().map(|rt| rt.id().to_string()),
                 event_id: body.event_id.clone(),
@@ -224,12 +219,8 @@ pub async fn reward(
                 raw: body.reward,
                 signals: body.signals.clone(),
                 received_at: now,
-            })
-            .map_err(unavailable)?;
-        return Ok(HttpResponse::Accepted().json(Accepted {
-            event_id: body.event_id,
-            status: "queued".into(),
-        }));
+            },
+        );
     };
     let runtime = runtime.expect("a store outcome needs the policy");
     let value = value.expect("a store outcome needs the value");
@@ -269,6 +260,32 @@ pub async fn reward(
     Ok(HttpResponse::Accepted().json(Accepted {
         event_id: body.event_id,
         status: status.into(),
+    }))
+}
+
+/// A store call's outcome on the request path, or `None` when the operation
+/// must be queued in the outbox instead (the store is unavailable).
+fn queue_unless_stored<T>(
+    state: &AppState,
+    op: &str,
+    outcome: Result<T, StoreError>,
+) -> Result<Option<T>, ApiError> {
+    state.store_result(op, &outcome);
+    match outcome {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.is_transient() => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Keeps `op` in the outbox and answers 202 `queued` (503 if the outbox
+/// cannot take it: then nothing was acknowledged).
+fn queue(state: &AppState, op: Op) -> Result<HttpResponse, ApiError> {
+    let event_id = op.event_id().to_string();
+    state.outbox.push(op).map_err(unavailable)?;
+    Ok(HttpResponse::Accepted().json(Accepted {
+        event_id,
+        status: "queued".into(),
     }))
 }
 
@@ -333,28 +350,19 @@ pub async fn activate(
                 .store
                 .activate(rt.id(), &event_id, &rt.rules, now.timestamp_millis())
                 .await;
-            state.store_result("activate", &outcome);
-            match outcome {
-                Ok(o) => Some(o),
-                Err(e) if e.is_transient() => None,
-                Err(e) => return Err(unavailable(e)),
-            }
+            queue_unless_stored(&state, "activate", outcome)?
         }
         _ => None,
     };
     let Some(outcome) = outcome else {
-        state
-            .outbox
-            .push(Op::Activate {
+        return queue(
+            &state,
+            Op::Activate {
                 policy: runtime.as_ref().map(|rt| rt.id().to_string()),
                 event_id: event_id.clone(),
                 activated_at: now,
-            })
-            .map_err(unavailable)?;
-        return Ok(HttpResponse::Accepted().json(Accepted {
-            event_id,
-            status: "queued".into(),
-        }));
+            },
+        );
     };
     let runtime = runtime.expect("a store outcome needs the policy");
     match outcome {

@@ -45,6 +45,8 @@ mod sqlite;
 mod tests;
 mod writer;
 
+pub(crate) use spool::lock_dir;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -63,22 +63,7 @@ impl Spool {
     /// Creates the directory if needed, takes its lock (failing if another
     /// log holds it), and picks up what a previous run left behind.
     pub fn open(dir: &Path, bytes: Arc<AtomicU64>) -> io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    "the spool is in use by another decision log (is this data dir shared?)",
-                ));
-            }
-            Err(TryLockError::Error(error)) => return Err(error),
-        }
+        let lock = lock_dir(dir, LOCK, "the spool is in use by another decision log")?;
         let len = |name: &str| match std::fs::metadata(dir.join(name)) {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -238,6 +223,26 @@ pub(super) fn encode_lines(records: &[LogRecord]) -> Vec<u8> {
         lines.push(b'\n');
     }
     lines
+}
+
+/// Creates `dir` if needed and takes the advisory lock `dir/name`, held as
+/// long as the returned file is open. Fails with `ResourceBusy`, saying
+/// `busy`, if another process holds it: one data dir per process.
+pub(crate) fn lock_dir(dir: &Path, name: &str, busy: &str) -> io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(name))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("{busy} (is this data dir shared?)"),
+        )),
+        Err(TryLockError::Error(error)) => Err(error),
+    }
 }
 
 /// Appends records the database refused to `rejected.jsonl`, with an fsync.

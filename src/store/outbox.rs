@@ -30,10 +30,11 @@
 //! replica needs its own data dir.
 
 use super::EventRecord;
+use crate::log::lock_dir;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -141,22 +142,7 @@ impl Outbox {
     /// at most `capacity` operations (in memory and on disk; a decided
     /// event is about a kilobyte).
     pub fn open(dir: &Path, capacity: usize) -> io::Result<Outbox> {
-        std::fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    "the outbox is in use by another process (is this data dir shared?)",
-                ));
-            }
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
+        let lock = lock_dir(dir, LOCK, "the outbox is in use by another process")?;
         let path = dir.join(OPS);
         let mut queue = VecDeque::new();
         if let Ok(file) = File::open(&path) {
