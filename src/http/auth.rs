@@ -424,6 +424,14 @@ impl Auth {
         } else {
             Role::Admin.grants()
         };
+        let mode = if api_keys {
+            "every route but /healthz and /readyz needs a key"
+        } else if settings.admin_token.is_some() {
+            "only admin routes need a key (NUDGE_ADMIN_TOKEN alone)"
+        } else {
+            "open: no API key configured"
+        };
+        tracing::info!(keys = keys.len(), mode, "access control");
         Ok(Auth {
             keys,
             anonymous,
