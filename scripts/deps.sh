@@ -16,3 +16,9 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
 fi
+# cargo-deny checks the licenses, bans and sources of Cargo.lock (see
+# deny.toml). Built from crates.io, once (a few minutes on two cores).
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "installing cargo-deny" >&2
+  cargo install --locked cargo-deny
+fi

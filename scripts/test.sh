@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: system packages, formatting, lints,
-# then every test of the workspace.
+# the dependency policy (deny.toml; advisories are not checked here: the
+# RustSec database cannot be fetched), then every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 scripts/services.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo deny check licenses bans sources
 cargo test --workspace

@@ -34,9 +34,23 @@ pub struct Settings {
     pub database_url: String,
     /// `NUDGE_MIGRATE`: apply migrations at start.
     pub migrate: bool,
-    /// `NUDGE_ADMIN_TOKEN`: bearer token required by admin routes (reset);
-    /// unset = admin routes are open (embedded use).
+    /// `NUDGE_ADMIN_TOKEN`: an admin key. Alone (without `api_keys`), it
+    /// guards only the admin routes (reset), as it always has; unset with no
+    /// other key = every route is open (embedded use). See [`crate::http::auth`].
     pub admin_token: Option<String>,
+    /// `NUDGE_API_KEYS`: API keys, `name:role[@rate[/burst]]:secret`,
+    /// comma-separated (roles: `decide`, `read`, `admin`). Any key makes
+    /// every route but `/healthz` and `/readyz` need one.
+    pub api_keys: Option<String>,
+    /// `NUDGE_API_KEYS_FILE`: a TOML file of `[[keys]]` (`name`, `role`,
+    /// `secret`, optional `rate`, `burst`), added to `api_keys`.
+    pub api_keys_file: Option<PathBuf>,
+    /// `NUDGE_RATE_LIMIT`: requests per second allowed to each key without
+    /// its own rate, and to all keyless requests together; unset = no limit.
+    pub rate_limit: Option<f64>,
+    /// `NUDGE_RATE_BURST`: requests allowed at once above the rate (default:
+    /// the rate rounded up).
+    pub rate_burst: Option<u32>,
     /// `NUDGE_LOG_BATCH_SIZE`: most log rows per database write.
     pub log_batch_size: usize,
     /// `NUDGE_LOG_FLUSH_MS`: flush the log at least this often.
@@ -82,6 +96,10 @@ impl Default for Settings {
             database_url: "sqlite://nudge.db".into(),
             migrate: true,
             admin_token: None,
+            api_keys: None,
+            api_keys_file: None,
+            rate_limit: None,
+            rate_burst: None,
             log_batch_size: 5000,
             log_flush_ms: 100,
             log_queue: 100_000,

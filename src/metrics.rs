@@ -23,6 +23,12 @@ pub struct Metrics {
     pub dropped_deferred: IntCounterVec,
     /// `nudge_request_seconds{route}`: handler latency.
     pub latency: HistogramVec,
+    /// `nudge_rate_limited_total{key}`: requests refused with 429, by key
+    /// name (`anonymous` for keyless requests).
+    pub rate_limited: IntCounterVec,
+    /// `nudge_auth_rejections_total{code}`: requests refused with 401
+    /// (`unauthorized`) or 403 (`forbidden`).
+    pub auth_rejections: IntCounterVec,
     /// `nudge_store_errors_total{op}`.
     pub store_errors: IntCounterVec,
     /// `nudge_skipped_entries_total{policy}`: learned entries or snapshots
@@ -103,6 +109,16 @@ impl Metrics {
                 "nudge_dropped_deferred_total",
                 "Deferred decisions never activated",
                 &["policy"],
+            ),
+            rate_limited: counter(
+                "nudge_rate_limited_total",
+                "Requests refused over a rate limit",
+                &["key"],
+            ),
+            auth_rejections: counter(
+                "nudge_auth_rejections_total",
+                "Requests refused for a missing, unknown or insufficient API key",
+                &["code"],
             ),
             store_errors: counter("nudge_store_errors_total", "Failed store calls", &["op"]),
             skipped_entries: counter(

@@ -29,6 +29,9 @@ pub enum StartupError {
     /// No policy file was found.
     #[error("no policy files under {0}")]
     NoPolicies(String),
+    /// The API keys or rate limits are misconfigured.
+    #[error("API keys: {0}")]
+    Keys(#[from] crate::http::auth::KeyError),
     /// The store could not be set up (a malformed URL).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -53,6 +56,7 @@ impl Application {
     /// Loads the policies, connects the store and the log, binds the
     /// listener (`bind` may use port 0) and starts the learner tasks.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let auth = crate::http::auth::Auth::from_settings(&settings)?;
         let (specs, errors) = load_paths(std::slice::from_ref(&settings.policies));
         if !errors.is_empty() {
             return Err(StartupError::Policies(errors));
@@ -102,6 +106,7 @@ impl Application {
             log,
             metrics,
             settings: settings.clone(),
+            auth,
             store_healthy: AtomicBool::new(true),
             outbox,
         });

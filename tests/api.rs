@@ -589,7 +589,7 @@ async fn reset_needs_the_admin_token_when_one_is_set() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), 403);
+    assert_eq!(wrong.status(), 401);
     assert_eq!(
         app.model("push").await.1.iter().map(|a| a.1).sum::<u64>(),
         1

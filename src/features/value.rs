@@ -36,6 +36,16 @@ pub enum FeatureValue {
     Vector(Vec<f64>),
 }
 
+/// Most numbers in one vector feature. Checked while parsing, so a huge
+/// array is refused (naming its field) before it is read whole.
+pub const MAX_VECTOR_LEN: usize = 4_096;
+/// Most features in one object (a request's context, or one action's).
+pub const MAX_FEATURES: usize = 256;
+/// Longest feature name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest string feature value, in bytes.
+pub const MAX_STRING_LEN: usize = 1_024;
+
 const EXPECTED_VALUE: &str = "a number, a string, a boolean or an array of numbers";
 
 impl<'de> Deserialize<'de> for FeatureValue {
@@ -59,14 +69,21 @@ impl<'de> Deserialize<'de> for FeatureValue {
                 Ok(FeatureValue::Number(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<FeatureValue, E> {
+                check_string(v)?;
                 Ok(FeatureValue::Str(v.to_string()))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<FeatureValue, E> {
+                check_string(&v)?;
                 Ok(FeatureValue::Str(v))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FeatureValue, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(4096));
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(MAX_VECTOR_LEN));
                 while let Some(v) = seq.next_element::<f64>()? {
+                    if out.len() == MAX_VECTOR_LEN {
+                        return Err(de::Error::custom(format_args!(
+                            "a vector feature has at most {MAX_VECTOR_LEN} numbers"
+                        )));
+                    }
                     out.push(v);
                 }
                 Ok(FeatureValue::Vector(out))
@@ -74,6 +91,15 @@ impl<'de> Deserialize<'de> for FeatureValue {
         }
         d.deserialize_any(V)
     }
+}
+
+fn check_string<E: de::Error>(v: &str) -> Result<(), E> {
+    if v.len() > MAX_STRING_LEN {
+        return Err(E::custom(format_args!(
+            "string features are at most {MAX_STRING_LEN} bytes"
+        )));
+    }
+    Ok(())
 }
 
 impl Serialize for FeatureValue {
@@ -109,6 +135,16 @@ impl<'de> Deserialize<'de> for Features {
                 // duplicate check is linear, not quadratic, in the count.
                 let mut seen = [0u64; 4];
                 while let Some(name) = map.next_key::<CompactString>()? {
+                    if out.len() == MAX_FEATURES {
+                        return Err(de::Error::custom(format_args!(
+                            "at most {MAX_FEATURES} features per object"
+                        )));
+                    }
+                    if name.len() > MAX_NAME_LEN {
+                        return Err(de::Error::custom(format_args!(
+                            "feature names are at most {MAX_NAME_LEN} bytes"
+                        )));
+                    }
                     let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as usize & 255;
                     let bit = 1u64 << (h & 63);
                     if seen[h >> 6] & bit != 0 && out.iter().any(|(n, _)| *n == name) {

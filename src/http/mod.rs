@@ -3,6 +3,7 @@
 //! policy engine and the store, queue log records, and answer; none of them
 //! awaits the database.
 
+pub mod auth;
 pub mod decide;
 pub mod error;
 pub mod health;
@@ -23,7 +24,6 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use subtle::ConstantTimeEq;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -35,8 +35,10 @@ pub struct AppState {
     pub log: DecisionLog,
     /// Metrics.
     pub metrics: Metrics,
-    /// Settings (limits, admin token).
+    /// Settings (limits).
     pub settings: Settings,
+    /// API keys, roles and rate limits.
+    pub auth: auth::Auth,
     /// False after a store call failed, true again after one succeeded.
     pub store_healthy: AtomicBool,
     /// Store operations waiting for an unavailable store.
@@ -44,8 +46,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The runtime of `id`, or 404 `unknown_policy` naming `field`.
+    /// The runtime of `id`, or 404 `unknown_policy` naming `field`; an id
+    /// that no policy file could have (not 1 to 64 characters of
+    /// `[A-Za-z0-9_.-]`) is 400 `invalid_policy_id`, and is never echoed.
     pub fn policy(&self, id: &str, field: &str) -> Result<&Arc<PolicyRuntime>, ApiError> {
+        check_policy_id(id, field)?;
         self.policies.get(id).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -65,31 +70,6 @@ impl AppState {
                 self.metrics.store_errors.with_label_values(&[op]).inc();
                 tracing::warn!(op, error = %e, "store call failed");
             }
-        }
-    }
-
-    /// Checks the admin bearer token, in constant time, when one is set.
-    pub fn require_admin(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(token) = &self.settings.admin_token else {
-            return Ok(());
-        };
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this route needs `Authorization: Bearer <admin token>`",
-            )),
-            Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
-            Some(_) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "wrong admin token",
-            )),
         }
     }
 }
@@ -212,42 +192,64 @@ pub fn check_event_id(id: &str, field: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Policy ids, as policy files define them: 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`.
+pub fn check_policy_id(id: &str, field: &str) -> Result<(), ApiError> {
+    if crate::policy::spec::is_valid_id(id, 64) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_policy_id",
+            field,
+            "policy ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+        ))
+    }
+}
+
 /// Wires every route. Unknown routes and wrong methods answer the JSON
-/// error shape too.
+/// error shape too. Every resource but the health checks is wrapped in
+/// [`auth::Require`], with the role [`auth::ROUTE_ROLES`] gives it.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let method = || web::to(method_not_allowed);
     cfg.service(
         web::resource("/v1/decide")
+            .wrap(auth::Require::route("/v1/decide"))
             .route(web::post().to(decide::decide))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/reward")
+            .wrap(auth::Require::route("/v1/reward"))
             .route(web::post().to(reward::reward))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/events/{event_id}/activate")
+            .wrap(auth::Require::route("/v1/events/{event_id}/activate"))
             .route(web::post().to(reward::activate))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/policies")
+            .wrap(auth::Require::route("/v1/policies"))
             .route(web::get().to(policies::list))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/policies/{id}")
+            .wrap(auth::Require::route("/v1/policies/{id}"))
             .route(web::get().to(policies::describe))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/policies/{id}/snapshot")
+            .wrap(auth::Require::route("/v1/policies/{id}/snapshot"))
             .route(web::get().to(policies::snapshot))
             .default_service(method()),
     )
     .service(
         web::resource("/v1/policies/{id}/reset")
+            .wrap(auth::Require::route("/v1/policies/{id}/reset"))
             .route(web::post().to(policies::reset))
             .default_service(method()),
     )
@@ -263,11 +265,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/metrics")
+            .wrap(auth::Require::route("/metrics"))
             .route(web::get().to(health::metrics))
             .default_service(method()),
     )
     .service(
         web::resource("/openapi.json")
+            .wrap(auth::Require::route("/openapi.json"))
             .route(web::get().to(openapi::document))
             .default_service(method()),
     )

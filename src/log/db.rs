@@ -13,6 +13,12 @@ use std::time::Duration;
 /// How long one attempt to get a connection may take (connection refused is
 /// retried by the pool until then).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// PostgreSQL aborts any statement of the log that runs longer (the writer
+/// gives up on a batch after 30 s and retries it; the server must not go on
+/// holding its locks). Longer than any batch insert, partition DDL or
+/// migration of an ordinary deployment; a migration that needs more can
+/// `SET LOCAL statement_timeout = 0`.
+const PG_STATEMENT_TIMEOUT: &str = "60s";
 /// How long SQLite waits on a lock held by another connection or process.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,7 +76,8 @@ impl Db {
             "postgres" | "postgresql" => {
                 let options = PgConnectOptions::from_str(url)
                     .map_err(LogError::InvalidUrl)?
-                    .application_name("nudge-log");
+                    .application_name("nudge-log")
+                    .options([("statement_timeout", PG_STATEMENT_TIMEOUT)]);
                 let target = format!(
                     "postgres {}:{}/{}",
                     options.get_host(),
