@@ -301,7 +301,12 @@ fn bad_requests() -> Vec<(Vec<u8>, u16, &'static str, Option<&'static str>)> {
         (b"".to_vec(), 400, "invalid_json", None),
         (vec![0xff, 0xfe, 0x00], 400, "invalid_json", None),
         (j(json!([1, 2])), 400, "invalid_json", None),
-        (j(json!({"context": ctx})), 400, "invalid_field", None),
+        (
+            j(json!({"context": ctx})),
+            400,
+            "invalid_field",
+            Some("policy"),
+        ),
         (
             j(json!({"policy": "nope", "context": ctx})),
             404,

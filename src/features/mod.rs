@@ -14,6 +14,17 @@ pub use value::{FeatureRef, FeatureSource, FeatureValue, Features};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+/// Largest magnitude of an encoded feature value (after standardisation).
+///
+/// Finite is not enough: a model learns `x xᵀ`, so a value of `1e200` is
+/// finite but its square is infinite, and one such observation would poison
+/// the statistics for good. At `1e9`, an interaction (a product of two
+/// slots) stays within `1e18` and its square within `1e36`, so sums over any
+/// realistic number of observations stay finite with a wide margin, while
+/// any sensibly scaled feature (standardised values, embeddings, counts,
+/// even raw prices in cents) fits.
+pub const MAX_MAGNITUDE: f64 = 1e9;
+
 /// How one named feature becomes numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeatureKind {
@@ -177,6 +188,9 @@ pub enum FeatureProblem {
     /// NaN or an infinity.
     #[error("must be a finite number")]
     NotFinite,
+    /// Finite, but (after standardisation) beyond [`MAX_MAGNITUDE`].
+    #[error("must be at most 1e9 in magnitude (after standardisation)")]
+    TooLarge,
     /// The JSON type does not fit the declared kind.
     #[error("expected {expected}")]
     WrongType {
@@ -233,7 +247,12 @@ impl FeatureSpec {
                 action: ai,
                 offset,
             });
-            offset += context[ci].kind.width() * action[ai].kind.width();
+            offset = context[ci]
+                .kind
+                .width()
+                .checked_mul(action[ai].kind.width())
+                .and_then(|w| offset.checked_add(w))
+                .ok_or_else(too_large)?;
         }
         Ok(FeatureSpec {
             bias,
@@ -343,9 +362,15 @@ fn lay_out(
             kind,
             offset: *offset,
         });
-        *offset += width;
+        *offset = offset.checked_add(width).ok_or_else(too_large)?;
     }
     Ok(out)
+}
+
+/// Widths come from files: absurd ones (a vector of length 2⁶²) must be an
+/// error, not an arithmetic overflow.
+fn too_large() -> LayoutError {
+    LayoutError("the feature vector's dimension overflows".into())
 }
 
 fn encode_side<S: FeatureSource + ?Sized>(
@@ -399,7 +424,12 @@ fn encode_one(
             if !v.is_finite() {
                 return Err(FeatureProblem::NotFinite);
             }
-            slot[0] = (v - mean) / std;
+            let encoded = (v - mean) / std;
+            // Also catches an overflow to infinity from a tiny `std`.
+            if encoded.is_nan() || encoded.abs() > MAX_MAGNITUDE {
+                return Err(FeatureProblem::TooLarge);
+            }
+            slot[0] = encoded;
         }
         FeatureKind::OneHot { index, default, .. } => {
             let s = string_value(value, default.as_deref())?;
@@ -429,8 +459,13 @@ fn encode_one(
                     got: v.len(),
                 });
             }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(FeatureProblem::NotFinite);
+            // One pass in the common case (an infinity is > the bound too).
+            if v.iter().any(|x| x.is_nan() || x.abs() > MAX_MAGNITUDE) {
+                return Err(if v.iter().any(|x| !x.is_finite()) {
+                    FeatureProblem::NotFinite
+                } else {
+                    FeatureProblem::TooLarge
+                });
             }
             slot.copy_from_slice(v);
         }

@@ -291,3 +291,46 @@ fn features_sent_out_of_spec_order_are_found_all_the_same() {
     s.encode_context(&shuffled, &mut x).unwrap();
     assert_eq!(x, vec![1.0, 1.0, 2.0, 3.0]);
 }
+
+#[test]
+fn values_whose_square_would_overflow_are_refused_even_when_finite() {
+    let s = spec(
+        vec![
+            ("n", number(0.0, 1e-300, None)),
+            (
+                "v",
+                FeatureKind::Vector {
+                    len: 2,
+                    default: None,
+                },
+            ),
+        ],
+        UnknownFeatures::Ignore,
+    );
+    let mut x = vec![0.0; s.dim()];
+    let ok = ctx(&[("n", 0.0.into()), ("v", vec![1e9, -1e9].into())]);
+    s.encode_context(&ok, &mut x).unwrap();
+    type Case = (Vec<(String, FeatureValue)>, &'static str, FeatureProblem);
+    let cases: Vec<Case> = vec![
+        // 1e10 / 1e-300 overflows to infinity while standardising.
+        (
+            ctx(&[("n", 1e10.into()), ("v", vec![0.0, 0.0].into())]),
+            "n",
+            FeatureProblem::TooLarge,
+        ),
+        (
+            ctx(&[("n", 0.0.into()), ("v", vec![0.0, 1e200].into())]),
+            "v",
+            FeatureProblem::TooLarge,
+        ),
+        (
+            ctx(&[("n", 0.0.into()), ("v", vec![1e200, f64::NAN].into())]),
+            "v",
+            FeatureProblem::NotFinite,
+        ),
+    ];
+    for (input, feature, problem) in cases {
+        let err = s.encode_context(&input, &mut x).unwrap_err();
+        assert_eq!((err.feature.as_str(), err.problem), (feature, problem));
+    }
+}

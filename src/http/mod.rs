@@ -153,9 +153,23 @@ fn tracked_error(
     e: serde_path_to_error::Error<serde_json::Error>,
     within: Option<&str>,
 ) -> ApiError {
-    let path = e.path().to_string();
+    let mut path = e.path().to_string();
     let inner = e.into_inner();
     let data = inner.is_data();
+    // serde reports a missing field at its parent's path and names it only
+    // in the message (`missing field `event_id``); the caller needs it as
+    // the field.
+    if let Some((name, _)) = inner
+        .to_string()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        path = if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
+    }
     let field = match (within, path == ".") {
         (Some(field), true) => Some(field.to_owned()),
         (Some(field), false) => Some(format!("{field}.{path}")),

@@ -17,10 +17,11 @@ pub enum ModelError {
         /// Length given.
         got: usize,
     },
-    /// NaN or an infinity in `x` or the reward.
+    /// NaN or an infinity in `x`, the reward, or the statistics the
+    /// update (or a delta, or a loaded state) would leave.
     #[error("{what} must be finite")]
     NotFinite {
-        /// `"reward"` or `"feature vector"`.
+        /// `"reward"`, `"feature vector"` or `"statistics …"`.
         what: &'static str,
     },
     /// Arm index out of range.
@@ -230,6 +231,11 @@ impl LinearModel {
             .arms
             .get_mut(arm)
             .ok_or(ModelError::UnknownArm { arm, arms })?;
+        if !slot.stats.can_add(x, reward) {
+            return Err(ModelError::NotFinite {
+                what: "statistics after the update",
+            });
+        }
         let Arm { stats, derived: d } = Arc::make_mut(slot);
         stats.add(x, reward);
         self.version += 1;
@@ -280,6 +286,10 @@ impl LinearModel {
 
 /// `A = λI + S`, `A⁻¹` through its Cholesky factorisation, `θ = A⁻¹ z`.
 fn derive(stats: &ArmStats, lambda: f64, arm: usize) -> Result<Derived, ModelError> {
+    // A merged delta can overflow even when each part is finite.
+    if !stats.is_finite() {
+        return Err(ModelError::NotFinite { what: "statistics" });
+    }
     let d = stats.dim();
     let mut a = stats.xx.clone();
     for i in 0..d {

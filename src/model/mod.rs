@@ -66,6 +66,36 @@ impl ArmStats {
         self.reward_sum += reward;
     }
 
+    /// Whether adding `(x, reward)` keeps every statistic finite. Inputs
+    /// that are finite one by one can still overflow: `x xᵀ` of `x = 1e200`,
+    /// `r x` of a huge reward, or a sum near `f64::MAX`. A model must never
+    /// absorb an infinity (it would turn `A⁻¹` and `θ` into NaN for good), so
+    /// observations are refused unless this holds. O(d²), like `add`.
+    ///
+    /// Contract: `x.len() == dim()`.
+    pub fn can_add(&self, x: &[f64], reward: f64) -> bool {
+        if !(self.reward_sum + reward).is_finite() {
+            return false;
+        }
+        x.iter().enumerate().all(|(i, xi)| {
+            (self.xr[i] + reward * xi).is_finite()
+                && (*xi == 0.0
+                    || self
+                        .xx
+                        .row(i)
+                        .iter()
+                        .zip(x)
+                        .all(|(s, xj)| (s + xi * xj).is_finite()))
+        })
+    }
+
+    /// Whether every statistic is finite.
+    pub fn is_finite(&self) -> bool {
+        self.reward_sum.is_finite()
+            && self.xr.iter().all(|v| v.is_finite())
+            && self.xx.iter().all(|v| v.is_finite())
+    }
+
     /// Adds another arm's statistics (same dimension) into this one.
     pub fn merge(&mut self, other: &ArmStats) {
         self.xx += &other.xx;
@@ -138,10 +168,13 @@ impl Delta {
         dim: usize,
     ) -> Result<(), ModelError> {
         linear::check_observation(x, reward, dim)?;
-        self.arms
-            .entry(arm)
-            .or_insert_with(|| ArmStats::zeros(dim))
-            .add(x, reward);
+        let stats = self.arms.entry(arm).or_insert_with(|| ArmStats::zeros(dim));
+        if !stats.can_add(x, reward) {
+            return Err(ModelError::NotFinite {
+                what: "statistics after the update",
+            });
+        }
+        stats.add(x, reward);
         Ok(())
     }
 

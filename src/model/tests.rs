@@ -219,3 +219,28 @@ fn headers_declaring_huge_shapes_are_refused_before_allocating() {
     blob[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(decode(&blob), Err(CodecError::TooLarge { .. })));
 }
+
+#[test]
+fn a_model_refuses_an_update_whose_statistics_would_overflow() {
+    // Every input finite, the update not: (1e200)² = inf in Σxxᵀ, and
+    // 1e300 · 1e10 = inf in Σrx.
+    let mut model = LinearModel::new(2, 1, 1.0, 5);
+    let before = model.state();
+    for (x, r) in [([1e200, 0.0], 0.0), ([1e10, 1.0], 1e300)] {
+        assert!(matches!(
+            model.observe(0, &x, r),
+            Err(ModelError::NotFinite { .. })
+        ));
+        let mut delta = Delta::default();
+        assert!(delta.observe(0, &x, r, 2).is_err());
+        assert!(delta.arms.is_empty() || delta.arms[&0].count == 0);
+    }
+    assert_eq!(model.state(), before);
+    // A state that already holds an infinity is refused as a whole.
+    let mut poisoned = before.clone();
+    poisoned.arms[0].xx[[0, 0]] = f64::INFINITY;
+    assert!(LinearModel::from_state(poisoned, 1.0, 5).is_err());
+    // And a fine update still works.
+    model.observe(0, &[1e9, -1e9], 1e12).unwrap();
+    assert!(model.state().arms[0].is_finite());
+}

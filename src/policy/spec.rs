@@ -16,8 +16,22 @@ use std::time::Duration;
 pub const MAX_DIM: usize = 1024;
 /// Largest number of arms in disjoint mode.
 pub const MAX_ARMS: usize = 1024;
+/// Largest model, in matrix entries (`arms × dim²`): each arm keeps `Σxxᵀ`
+/// and `A⁻¹`, so the two limits above together would allow 1024 arms of
+/// 1024² entries, 16 GiB; this caps it at 2 GiB (e.g. 128 arms at d = 1024).
+pub const MAX_MODEL_ENTRIES: usize = 1 << 27;
 /// Largest Monte Carlo draw count.
 pub const MAX_DRAWS: u32 = 1_000_000;
+/// Largest reward magnitude, whatever range a policy declares: the model
+/// learns `r·x`, so a finite but huge reward (`1e308`) would overflow its
+/// statistics to infinity (and a window's sum of several would overflow
+/// the sum itself). With features bounded by
+/// [`MAX_MAGNITUDE`](crate::features::MAX_MAGNITUDE), `r·x` stays within
+/// `1e30`.
+pub const MAX_REWARD: f64 = 1e12;
+/// Longest reward window: deadlines are unix milliseconds in an `i64`, and
+/// a window of centuries is a typo, not a policy.
+pub const MAX_WINDOW: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// The decision algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -144,9 +158,9 @@ pub enum RewardError {
     OutOfRange {
         /// The reward.
         value: f64,
-        /// Lower bound (or -inf).
+        /// Lower bound (at least `-MAX_REWARD`).
         min: f64,
-        /// Upper bound (or inf).
+        /// Upper bound (at most `MAX_REWARD`).
         max: f64,
     },
 }
@@ -169,18 +183,34 @@ impl RewardSpec {
             }
             reward += w * value;
         }
+        if !reward.is_finite() {
+            // Every signal was finite: the weighted sum overflowed, which
+            // is a reward out of range, not a bad signal.
+            let (min, max) = self.range();
+            return Err(RewardError::OutOfRange {
+                value: reward,
+                min,
+                max,
+            });
+        }
         self.check(reward)
     }
 
-    /// Checks a numeric reward: finite and within the range.
+    /// The accepted range: the declared bounds, within `±`[`MAX_REWARD`].
+    pub fn range(&self) -> (f64, f64) {
+        (
+            self.min.unwrap_or(f64::NEG_INFINITY).max(-MAX_REWARD),
+            self.max.unwrap_or(f64::INFINITY).min(MAX_REWARD),
+        )
+    }
+
+    /// Checks a numeric reward: finite and within the range, which is never
+    /// wider than `±`[`MAX_REWARD`].
     pub fn check(&self, reward: f64) -> Result<f64, RewardError> {
         if !reward.is_finite() {
             return Err(RewardError::NotFinite("reward".into()));
         }
-        let (min, max) = (
-            self.min.unwrap_or(f64::NEG_INFINITY),
-            self.max.unwrap_or(f64::INFINITY),
-        );
+        let (min, max) = self.range();
         if reward < min || reward > max {
             return Err(RewardError::OutOfRange {
                 value: reward,
@@ -456,6 +486,22 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
     validate_arms(&raw, &mut p);
     let features = validate_features(&raw, &mut p);
     let reward = validate_reward(&raw, &mut p);
+    if let Some(f) = &features {
+        let models = match raw.mode {
+            Mode::Disjoint => raw.arms.len().max(1),
+            Mode::Shared => 1,
+        };
+        let entries = models.saturating_mul(f.dim().saturating_mul(f.dim()));
+        if f.dim() <= MAX_DIM && entries > MAX_MODEL_ENTRIES {
+            p.add(
+                "features",
+                format!(
+                    "{models} arm(s) of dimension {} need {entries} matrix entries each for Σxxᵀ and A⁻¹; at most {MAX_MODEL_ENTRIES} are allowed",
+                    f.dim()
+                ),
+            );
+        }
+    }
 
     match (features, p.errors.is_empty()) {
         (Some(features), true) => Ok(PolicySpec {
@@ -833,6 +879,15 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
         p.add(
             "reward.window",
             "expected a positive duration such as \"30m\" or \"24h\"",
+        );
+    }
+    if r.window > MAX_WINDOW {
+        p.add(
+            "reward.window",
+            format!(
+                "expected at most 10 years, got {} seconds",
+                r.window.as_secs()
+            ),
         );
     }
     let (mut min, mut max) = (r.min, r.max);

@@ -422,11 +422,13 @@ fn decode_response(blob: &[u8]) -> Result<String, StoreError> {
             .ok()
             .and_then(|n| n.parse().ok())
             .ok_or_else(corrupt)?;
-        let value = rest.get(colon + 1..colon + 1 + len).ok_or_else(corrupt)?;
+        // `len` comes from the blob: a huge one must not overflow the sum.
+        let end = (colon + 1).checked_add(len).ok_or_else(corrupt)?;
+        let value = rest.get(colon + 1..end).ok_or_else(corrupt)?;
         if index == 3 {
             return String::from_utf8(value.to_vec()).map_err(|_| corrupt());
         }
-        rest = &rest[colon + 1 + len..];
+        rest = &rest[end..];
     }
     Err(corrupt())
 }
@@ -499,3 +501,7 @@ fn parse_entry(v: Value) -> Result<LearnedEntry, StoreError> {
     }
     Ok(entry)
 }
+
+#[cfg(test)]
+#[path = "redis_fuzz.rs"]
+mod fuzz;
