@@ -4,6 +4,8 @@
 //! its own Redis key prefix on the machine's servers).
 #![allow(dead_code)]
 
+pub mod servers;
+
 use nudge::config::Settings;
 use nudge::startup::Application;
 use serde_json::Value;
