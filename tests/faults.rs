@@ -343,7 +343,7 @@ async fn kill_9_under_load_loses_at_most_about_one_flush_interval_of_log_rows() 
     let extra = [("NUDGE_LOG_FLUSH_MS", flush.as_str())];
     let mut nudge = stack.spawn("a", &extra).await;
     let mut config = LoadConfig::new(vec![nudge.address.clone()], 8, "push");
-    config.pause = Duration::ZERO;
+    config.pause = Duration::from_millis(1);
     let load = Load::start(config);
     load.wait_acked(500, PATIENCE).await;
     let started = Instant::now();
@@ -370,8 +370,9 @@ async fn kill_9_under_load_loses_at_most_about_one_flush_interval_of_log_rows() 
 
     // What a kill -9 can lose is what sat in memory: the queue filled since
     // the last flush, plus the batch being written. Bound it by the rate
-    // times one flush interval plus the write time, with a wide margin.
-    let bound = (rate * (FLUSH_MS as f64 / 1000.0 + 0.5)).ceil() as usize + 50;
+    // times one flush interval plus the write time, with a wide margin (the
+    // write takes longer on a busy machine).
+    let bound = (rate * (FLUSH_MS as f64 / 1000.0 + 1.0)).ceil() as usize + 100;
     println!(
         "kill -9 at {rate:.0} decisions/s, flush every {FLUSH_MS} ms: {} acknowledged, \
          {missing_at_kill} missing from the log right after the kill, \
