@@ -623,3 +623,39 @@ async fn with_two_replicas_one_killed_mid_load_every_reward_and_default_is_learn
     );
     assert!(logged_defaults <= defaults);
 }
+
+#[test]
+fn a_persistent_private_redis_keeps_its_data_across_a_stop_a_kill_and_restarts() {
+    let mut redis = RedisServer::start_persistent();
+    let port = redis.port;
+    let set = |redis: &RedisServer, key: &str| {
+        let mut conn = redis.client().get_connection().unwrap();
+        redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .query::<()>(&mut conn)
+            .unwrap();
+    };
+    let keys = |redis: &RedisServer| {
+        let mut conn = redis.client().get_connection().unwrap();
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        keys.sort();
+        keys
+    };
+    set(&redis, "before-stop");
+    redis.stop();
+    assert!(redis.client().get_connection().is_err(), "stopped");
+    redis.restart();
+    set(&redis, "before-kill");
+    redis.kill();
+    redis.restart();
+    assert_eq!(redis.port, port);
+    assert_eq!(keys(&redis), ["before-kill", "before-stop"]);
+
+    // Without persistence, a restart starts empty.
+    let mut volatile = RedisServer::start();
+    set(&volatile, "gone");
+    volatile.stop();
+    volatile.restart();
+    assert!(keys(&volatile).is_empty());
+}
