@@ -176,9 +176,11 @@ if [ -n "${rss_first:-}" ] && [ -n "${rss_last:-}" ] && [ "$rss_first" -gt 0 ]; 
   [ "$growth" -le "$RSS_GROWTH_MAX" ] || rss_growth_ok=0
 fi
 
-warnings=$(grep -cE ' (WARN|ERROR) ' "$NUDGE_LOG" || true)
+# The service colours its level names; strip the escapes before matching.
+plain_log() { sed 's/\x1b\[[0-9;]*m//g' "$NUDGE_LOG"; }
+warnings=$(plain_log | grep -cE ' (WARN|ERROR) ' || true)
 echo "service WARN/ERROR lines: $warnings"
-grep -E ' (WARN|ERROR) ' "$NUDGE_LOG" | head -20 || true
+plain_log | grep -E ' (WARN|ERROR) ' | cut -c1-240 | head -20 || true
 
 ok=1
 [ "$load_status" = 0 ] || { echo "FAIL: requests failed (soak exit $load_status)"; ok=0; }

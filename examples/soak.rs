@@ -1,9 +1,11 @@
 //! Steady-rate load generator for `bench/soak.sh`: sends decides at a fixed
 //! rate (open loop: request `i` is due at `start + i / rate`, whatever the
 //! service's speed) and a reward for a fixed fraction of the decided events,
-//! for a fixed duration. Latency is measured from the time a request was
-//! *due*, not sent, so a stall shows up in the percentiles instead of
-//! silently lowering the rate (no coordinated omission).
+//! for a fixed duration. A decide's latency is measured from when the
+//! generator released it (on its 5 ms tick), including any wait for one of
+//! the bounded in-flight slots: a service stall fills the slots, and the
+//! requests queued behind it count their wait, so a stall shows up in the
+//! percentiles instead of silently lowering the rate.
 //!
 //! Prints, every window (default 10 s, by completion time): requests,
 //! errors, p50/p99/max of decide and reward; the server's RSS
@@ -164,7 +166,6 @@ async fn main() -> std::process::ExitCode {
         while sent < due {
             let i = sent;
             sent += 1;
-            let due_at = start + Duration::from_secs_f64(i as f64 / args.rate);
             let client = client.clone();
             let record = record.clone();
             let permits = permits.clone();
@@ -173,6 +174,7 @@ async fn main() -> std::process::ExitCode {
             let event_id = format!("{}-{i}", args.prefix);
             let reward = reward_every > 0 && i.is_multiple_of(reward_every);
             tasks.spawn(async move {
+                let released = Instant::now();
                 let _permit = permits.acquire_owned().await.expect("never closed");
                 let context: serde_json::Map<String, serde_json::Value> = (1..=31)
                     .map(|f| {
@@ -184,7 +186,7 @@ async fn main() -> std::process::ExitCode {
                 let body = json!({"policy": policy, "event_id": event_id, "context": context});
                 let ok = call(&client, &format!("{url}/v1/decide"), &body).await;
                 let done = Instant::now();
-                let latency = done.saturating_duration_since(due_at);
+                let latency = done.duration_since(released);
                 {
                     let mut r = record.lock().unwrap();
                     let w = done.duration_since(start).as_secs() / width;
@@ -243,8 +245,9 @@ async fn main() -> std::process::ExitCode {
     for w in printed..=last {
         println!("{}", window_line(&r, w, width));
     }
-    let rss_end = rss_kib(args.pid);
-    rss.push((elapsed.as_secs(), rss_end));
+    if rss.last().is_none_or(|(t, _)| *t < elapsed.as_secs()) {
+        rss.push((elapsed.as_secs(), rss_kib(args.pid)));
+    }
 
     let errors: u64 = r.errors.values().sum();
     let all = |kind| {
