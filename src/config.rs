@@ -79,6 +79,10 @@ pub struct Settings {
     pub max_candidates: usize,
     /// `NUDGE_MAX_K`: largest slate.
     pub max_k: usize,
+    /// `NUDGE_DRAIN_MS`: after SIGTERM, how long the service keeps
+    /// answering (readiness 503, `Connection: close` on every response)
+    /// before it closes the listener and finishes what is in flight.
+    pub drain_ms: u64,
     /// `NUDGE_WORKERS`: HTTP worker threads (0 = one per core).
     pub workers: usize,
 }
@@ -111,6 +115,7 @@ impl Default for Settings {
             max_body_bytes: 1 << 20,
             max_candidates: 1_000,
             max_k: 100,
+            drain_ms: 1_000,
             workers: 0,
         }
     }

@@ -10,12 +10,14 @@ use crate::recovery;
 use crate::runtime::PolicyRuntime;
 use crate::store::outbox::{FSYNC_EVERY, Outbox};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use actix_web::dev::Service;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::ConnectionType;
 use actix_web::{App, HttpServer, web};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -45,6 +47,8 @@ pub enum StartupError {
 
 /// A built, bound, not yet running service.
 pub struct Application {
+    /// Waits for SIGTERM / SIGINT (aborted once the server has stopped).
+    signals: JoinHandle<()>,
     server: Server,
     port: u16,
     state: web::Data<AppState>,
@@ -108,6 +112,7 @@ impl Application {
             settings: settings.clone(),
             auth,
             store_healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             outbox,
         });
         // Load the shared models before taking traffic (best effort: a store
@@ -124,15 +129,41 @@ impl Application {
             .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?
             .port();
         let data = state.clone();
-        let mut server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-                .listen(listener)
-                .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?
-                .shutdown_timeout(30);
+        let mut server = HttpServer::new(move || {
+            let draining = data.clone();
+            App::new()
+                .app_data(data.clone())
+                .wrap_fn(move |req, srv| {
+                    let res = srv.call(req);
+                    let draining = draining.draining.load(Ordering::Relaxed);
+                    async move {
+                        let mut res = res.await?;
+                        if draining {
+                            // Tell keep-alive clients not to send another
+                            // request on this connection: it will close.
+                            res.response_mut()
+                                .head_mut()
+                                .set_connection_type(ConnectionType::Close);
+                        }
+                        Ok(res)
+                    }
+                })
+                .configure(http::routes)
+        })
+        .listen(listener)
+        .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?
+        // SIGTERM / SIGINT are handled below: drain first, then stop.
+        .disable_signals()
+        .shutdown_timeout(30);
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
         let server = server.run();
+        let signals = tokio::spawn(stop_on_signal(
+            state.clone(),
+            server.handle(),
+            Duration::from_millis(settings.drain_ms),
+        ));
 
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -147,6 +178,7 @@ impl Application {
             "nudge listening"
         );
         Ok(Application {
+            signals,
             server,
             port,
             state,
@@ -170,6 +202,7 @@ impl Application {
     /// has, and the log flushes its queue.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.signals.abort();
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -183,6 +216,34 @@ impl Application {
         tracing::info!("nudge stopped");
         served
     }
+}
+
+/// On SIGTERM or SIGINT: drain, then stop. For `drain` the service keeps
+/// answering, but `/readyz` says 503 `draining` (a load balancer takes the
+/// replica out) and every response carries `Connection: close`, so
+/// keep-alive clients open new connections elsewhere instead of sending a
+/// request on a connection the stop would cut. Then the listener closes,
+/// requests in flight finish, and [`Application::run_until_stopped`] flushes.
+async fn stop_on_signal(state: web::Data<AppState>, server: ServerHandle, drain: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM / SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "stopping: draining first"
+    );
+    state.draining.store(true, Ordering::Relaxed);
+    tokio::time::sleep(drain).await;
+    server.stop(true).await;
 }
 
 /// Folds learned rewards into every local model every `sync_ms`, and saves

@@ -769,3 +769,38 @@ async fn a_corrupt_state_file_stops_the_start_instead_of_forgetting_the_models()
         .expect("a corrupt state file is refused");
     assert!(err.to_string().contains("state file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_learned_entry_is_skipped_and_learning_goes_on_after_it() {
+    let mut app = spawn_app(Backend::Production).await;
+    let reward = |e: &str| json!({"event_id": e, "reward": 1.0});
+    app.post("/v1/decide", &push("before-garbage")).await;
+    assert_eq!(
+        app.post("/v1/reward", &reward("before-garbage")).await.0,
+        202
+    );
+    let client = redis::Client::open(support::REDIS).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // A vector of 5 bytes cannot be eight-byte floats.
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:{{push}}:learned", app.settings.redis_prefix))
+        .arg("*")
+        .arg(&[
+            "e", "garbage", "a", "a", "m", "0", "x", "abcde", "r", "1", "d", "0",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    app.post("/v1/decide", &push("after-garbage")).await;
+    assert_eq!(
+        app.post("/v1/reward", &reward("after-garbage")).await.0,
+        202
+    );
+    let (_, arms) = app.model("push").await;
+    assert_eq!(arms.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("nudge_skipped_entries_total{policy=\"push\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -285,6 +285,13 @@ async fn sigterm_under_load_finishes_in_flight_requests_exits_zero_and_loses_not
 
     let signalled = Instant::now();
     nudge.sigterm();
+    // During the drain the replica still answers, but not as ready.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = reqwest::get(format!("{}/readyz", nudge.address))
+        .await
+        .expect("still answering while draining");
+    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(ready.headers()["connection"], "close");
     let status = nudge.wait(PATIENCE).await;
     let report = load.finish().await;
     println!("{}", summary(&report));

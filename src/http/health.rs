@@ -11,11 +11,22 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready: checks the store (a ping) and the log. Answers 200 in both cases,
+/// Ready: 503 `draining` once SIGTERM arrived. Otherwise checks the store
+/// (a ping) and the log, and answers 200 in both cases,
 /// `"ready"` or `"degraded"` with the reasons: a degraded replica still
 /// decides correctly (from its last model), so it must stay in rotation.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready or degraded, with reasons")))]
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Ready or degraded, with reasons"),
+    (status = 503, description = "Draining after SIGTERM"),
+))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.draining.load(Ordering::Relaxed) {
+        // Stopping: take this replica out of rotation.
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "draining",
+            "reasons": ["stopping after SIGTERM; finishing requests in flight"],
+        }));
+    }
     let store = state.store.ping().await;
     state.store_result("ping", &store);
     let mut reasons = Vec::new();

@@ -41,6 +41,9 @@ pub struct AppState {
     pub auth: auth::Auth,
     /// False after a store call failed, true again after one succeeded.
     pub store_healthy: AtomicBool,
+    /// Set by SIGTERM: the replica is about to stop (`/readyz` says so,
+    /// responses close their connections).
+    pub draining: AtomicBool,
     /// Store operations waiting for an unavailable store.
     pub outbox: crate::store::outbox::Outbox,
 }

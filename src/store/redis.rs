@@ -344,7 +344,10 @@ impl RedisStore {
         let Value::Array(raw) = entries else {
             return Err(corrupt("entries"));
         };
-        let entries = raw.into_iter().map(parse_entry).collect::<Result<_, _>>()?;
+        let entries = raw
+            .into_iter()
+            .map(parse_entry_or_skip)
+            .collect::<Result<_, _>>()?;
         Ok(SyncBatch {
             epoch,
             snapshot,
@@ -455,6 +458,34 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// `[id, [field, value, …]]` of an XRANGE reply.
+/// A stream entry, or — when only its id can be read — a placeholder the
+/// model refuses (no such arm), so the replica counts it as skipped and
+/// moves its cursor past it: one unreadable entry must not stop a policy
+/// from learning everything after it. An entry without a readable id is an
+/// error (the cursor could not move past it).
+fn parse_entry_or_skip(v: Value) -> Result<LearnedEntry, StoreError> {
+    let id = match &v {
+        Value::Array(parts) => parts.first().and_then(text),
+        _ => None,
+    };
+    let Some(id) = id else {
+        return Err(StoreError::Corrupt("stream entry without an id".into()));
+    };
+    let id: StreamId = id.parse()?;
+    parse_entry(v).or_else(|e| {
+        tracing::error!(%id, error = %e, "unreadable learned-stream entry skipped");
+        Ok(LearnedEntry {
+            id,
+            event_id: String::new(),
+            action: String::new(),
+            arm: u32::MAX,
+            x: Vec::new(),
+            reward: 0.0,
+            is_default: false,
+        })
+    })
+}
+
 fn parse_entry(v: Value) -> Result<LearnedEntry, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("stream entry: {what}"));
     let Value::Array(parts) = v else {
