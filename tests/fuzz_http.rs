@@ -1014,7 +1014,7 @@ fn huge_deep_and_malformed_bodies_are_refused_with_a_json_error() {
                 "/v1/decide",
                 format!("{{\"policy\":\"{}\"}}", "p".repeat(900_000)).into_bytes(),
             ),
-            404,
+            400,
         ),
         (
             "a body over the limit",
@@ -1059,7 +1059,7 @@ fn huge_deep_and_malformed_bodies_are_refused_with_a_json_error() {
         (
             "a non-UTF-8 policy id in the path",
             Req::get("/v1/policies/%C3%28"),
-            404,
+            400,
         ),
     ];
     for (what, req, expected) in &cases {
