@@ -7,6 +7,7 @@ use crate::policy::Mode;
 use crate::runtime::PolicyRuntime;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 fn summary(rt: &PolicyRuntime) -> Value {
     let spec = rt.policy.spec();
@@ -50,9 +51,16 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "policies": all }))
 }
 
-/// `GET /v1/policies/{id}`: the spec, the model version, per-arm counts and
-/// mean rewards, and pending events. Folds the store's latest rewards first,
-/// so a caller sees its own rewards.
+/// The runtime of policy `id`, with every learned reward this replica can
+/// see folded in first (so a caller sees its own rewards), and whether that
+/// sync reached the store.
+async fn synced(state: &AppState, id: &str) -> Result<(Arc<PolicyRuntime>, bool), ApiError> {
+    let rt = state.policy(id, "id")?.clone();
+    let synced = rt.sync(&state.store, &state.metrics).await;
+    state.store_result("sync", &synced);
+    Ok((rt, synced.is_ok()))
+}
+
 /// The model's sufficient statistics as a snapshot blob (the versioned
 /// `NDGM` codec of `nudge::model::codec`), after folding every learned
 /// reward this replica can see: what `nudge-sim evaluate --snapshot` loads to
@@ -70,9 +78,7 @@ pub async fn snapshot(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rt = state.policy(&path, "id")?.clone();
-    let synced = rt.sync(&state.store, &state.metrics).await;
-    state.store_result("sync", &synced);
+    let (rt, _) = synced(&state, &path).await?;
     let model = rt.model();
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -84,6 +90,9 @@ pub async fn snapshot(
         .body(crate::model::codec::encode(&model.state())))
 }
 
+/// `GET /v1/policies/{id}`: the spec, the model version, per-arm counts and
+/// mean rewards, and pending events. Folds the store's latest rewards first,
+/// so a caller sees its own rewards.
 #[utoipa::path(
     get,
     path = "/v1/policies/{id}",
@@ -97,9 +106,7 @@ pub async fn describe(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rt = state.policy(&path, "id")?.clone();
-    let synced = rt.sync(&state.store, &state.metrics).await;
-    state.store_result("sync", &synced);
+    let (rt, synced) = synced(&state, &path).await?;
     let pending = state.store.pending(rt.id()).await;
     state.store_result("pending", &pending);
     let spec = rt.policy.spec();
@@ -138,7 +145,7 @@ pub async fn describe(
     });
     out["stats"] = json!(arms);
     out["pending_events"] = json!(pending.ok());
-    out["store_synced"] = json!(synced.is_ok());
+    out["store_synced"] = json!(synced);
     Ok(HttpResponse::Ok().json(out))
 }
 

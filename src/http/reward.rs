@@ -107,11 +107,7 @@ pub(crate) fn reward_value(
             .reward
             .from_signals(signals.iter().map(|(k, v)| (k.as_str(), *v)))
             .map_err(|e| reward_error(e, true)),
-        _ => Err(ApiError::field(
-            "invalid_field",
-            "reward",
-            "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
-        )),
+        _ => Err(not_exactly_one()),
     }
 }
 
@@ -176,11 +172,9 @@ pub async fn reward(
     let body: RewardBody = parse_json(&body)?;
     check_event_id(&body.event_id, "event_id")?;
     if body.reward.is_some() == body.signals.is_some() {
-        return Err(ApiError::field(
-            "invalid_field",
-            "reward",
-            "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
-        ));
+        // Checked before the policy is known: a queued reward must be
+        // well-formed too.
+        return Err(not_exactly_one());
     }
     let runtime = resolve(&state, &body.event_id, body.policy.as_deref()).await?;
     let value = match &runtime {
@@ -287,6 +281,14 @@ fn queue(state: &AppState, op: Op) -> Result<HttpResponse, ApiError> {
         event_id,
         status: "queued".into(),
     }))
+}
+
+fn not_exactly_one() -> ApiError {
+    ApiError::field(
+        "invalid_field",
+        "reward",
+        "send exactly one of `reward` (a number) or `signals` (an object of numbers)",
+    )
 }
 
 fn already_rewarded() -> ApiError {

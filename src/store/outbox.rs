@@ -229,24 +229,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// The oldest waiting operation.
-    pub fn front(&self) -> Option<Op> {
-        self.lock().queue.front().cloned()
-    }
-
     /// The `n` oldest waiting operations (fewer if fewer wait), in order.
     pub fn peek(&self, n: usize) -> Vec<Op> {
         self.lock().queue.iter().take(n).cloned().collect()
     }
 
-    /// Removes the oldest operation (replayed, or rejected). When the queue
-    /// becomes empty the file is truncated and the outbox turns inactive:
-    /// from then on operations go to the store directly.
-    pub fn pop_front(&self) -> io::Result<()> {
-        self.pop(1)
-    }
-
-    /// Removes the `n` oldest operations; see [`Outbox::pop_front`].
+    /// Removes the `n` oldest operations (replayed, or rejected). When the
+    /// queue becomes empty the file is truncated and the outbox turns
+    /// inactive: from then on operations go to the store directly.
     pub fn pop(&self, n: usize) -> io::Result<()> {
         let mut inner = self.lock();
         let n = n.min(inner.queue.len());
@@ -332,11 +322,11 @@ mod tests {
         let outbox = Outbox::open(dir.path(), 100).unwrap();
         assert!(outbox.active(), "a non-empty outbox starts active");
         for op in &ops {
-            assert_eq!(outbox.front().as_ref(), Some(op));
-            outbox.pop_front().unwrap();
+            assert_eq!(outbox.peek(1).first(), Some(op));
+            outbox.pop(1).unwrap();
         }
         assert!(!outbox.active());
-        assert_eq!(outbox.front(), None);
+        assert_eq!(outbox.peek(1), Vec::new());
         drop(outbox);
         let reopened = Outbox::open(dir.path(), 100).unwrap();
         assert!(reopened.is_empty());
