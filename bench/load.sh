@@ -20,6 +20,10 @@
 #   CARGO_TIMEOUT=1800 bound on the release build (seconds)
 #   QUIET_WAIT=60      before each run, wait up to this many seconds for other
 #                      processes (builds, tests) to use < 20% of a core
+#   POLICY_LIST="bench_linucb bench_lin_ts"   policies to load (bench_guarded:
+#                      LinUCB with a user and two caps on every decide)
+#   MODES="decide decide_reward"
+#   BENCH_USERS=100000 distinct users the bench_guarded decides name
 # Everything targets 127.0.0.1 only. Exit status: 0 iff every check passed.
 set -Eeuo pipefail
 
@@ -37,6 +41,9 @@ PORT=${PORT:-18080}
 BARE_PORT=${BARE_PORT:-18081}
 CARGO_TIMEOUT=${CARGO_TIMEOUT:-1800}
 QUIET_WAIT=${QUIET_WAIT:-60}
+POLICY_LIST=${POLICY_LIST:-"bench_linucb bench_lin_ts"}
+MODES=${MODES:-"decide decide_reward"}
+BENCH_USERS=${BENCH_USERS:-100000}
 PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_USER=postgres
@@ -260,6 +267,7 @@ wrk_run() {
   local out=$WORK/wrk.$label.txt
   local envs=(BENCH_LABEL="$label" BENCH_MODE="$mode" BENCH_POLICY="$policy"
     BENCH_RUN="$RUN_ID-$label")
+  [ "$policy" != bench_guarded ] || envs+=(BENCH_USERS="$BENCH_USERS")
   [ -z "$track" ] || envs+=(BENCH_INFLIGHT_FILE="$INFLIGHT")
   log "wrk: $label"
   wait_quiet
@@ -335,11 +343,11 @@ NUDGE_PID=$!
 wait_ready "http://127.0.0.1:$PORT" "$NUDGE_PID"
 NUDGE_URL=http://127.0.0.1:$PORT/v1/decide
 
-for policy in bench_linucb bench_lin_ts; do
+for policy in $POLICY_LIST; do
   short=${policy#bench_}
   wrk_run "warmup_$short" "$NUDGE_URL" decide "$policy" 16 "$WARMUP" track
   drain_log "warmup_$short"
-  for mode in decide decide_reward; do
+  for mode in $MODES; do
     for c in $CONNECTIONS; do
       label=${short}_${mode}_c$c
       wrk_run "$label" "$NUDGE_URL" "$mode" "$policy" "$c" "$DURATION" track
@@ -391,7 +399,7 @@ echo "ids wrk sent without seeing a 2xx (in flight when wrk stopped, or failed):
   "$(wc -l <"$INFLIGHT")" >&2
 
 CHECK_LINES=()
-for policy in bench_linucb bench_lin_ts; do
+for policy in $POLICY_LIST; do
   short=${policy#bench_}
   ok200=$(sum_field "warmup_$short" decide_ok)
   ok200=$((ok200 + $(sum_field "${short}_" decide_ok)))

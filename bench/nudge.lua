@@ -8,6 +8,8 @@
 --   BENCH_RUN                 unique prefix of this run's event ids
 --   BENCH_LABEL               label printed on the RESULT line
 --   BENCH_FEATURES            number of context features f01..fNN (default 31)
+--   BENCH_USERS               if > 0, every decide names a "user" drawn
+--                             uniformly from u1..uN (guardrailed policies)
 --   BENCH_INFLIGHT_FILE       where done() appends the ids wrk sent but never
 --                             saw a 2xx for (in flight when wrk stopped, or
 --                             failed), one "<kind>\t<event_id>" a line
@@ -21,6 +23,7 @@ local mode = os.getenv("BENCH_MODE") or "decide"
 local policy = os.getenv("BENCH_POLICY") or "bench_linucb"
 local run = os.getenv("BENCH_RUN") or "run"
 local nfeatures = tonumber(os.getenv("BENCH_FEATURES") or "31")
+local users = tonumber(os.getenv("BENCH_USERS") or "0")
 -- Track unanswered ids only against Nudge (the bare ceiling echoes no id).
 local track = os.getenv("BENCH_INFLIGHT_FILE") ~= nil
 
@@ -54,7 +57,11 @@ function init(args)
 end
 
 local function decide_body(event_id)
-  local parts = { '{"policy":"', policy, '","event_id":"', event_id, '","context":{' }
+  local parts = { '{"policy":"', policy, '","event_id":"', event_id, '",' }
+  if users > 0 then
+    parts[#parts + 1] = string.format('"user":"u%d",', math.random(1, users))
+  end
+  parts[#parts + 1] = '"context":{'
   for i = 1, nfeatures do
     if i > 1 then parts[#parts + 1] = "," end
     parts[#parts + 1] = names[i]

@@ -28,9 +28,11 @@
 //! exploration turns scores into probabilities, the sampler draws with an
 //! RNG seeded by the event id, so a decision can be replayed exactly.
 
+pub mod clock;
 pub mod config;
 pub mod explore;
 pub mod features;
+pub mod guardrails;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -38,6 +40,7 @@ pub mod model;
 pub mod policy;
 pub mod recovery;
 pub mod runtime;
+pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

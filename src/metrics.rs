@@ -40,6 +40,16 @@ pub struct Metrics {
     /// store was unavailable (from the last known model; queued in the
     /// outbox).
     pub degraded_decisions: IntCounterVec,
+    /// `nudge_guardrail_exclusions_total{policy, reason}`: arms a
+    /// guardrail (or the caller) made ineligible, per decision.
+    pub guardrail_exclusions: IntCounterVec,
+    /// `nudge_guardrail_forced_total{policy}`: decisions where only the
+    /// fallback was eligible.
+    pub guardrail_forced: IntCounterVec,
+    /// `nudge_guardrail_retries_total{policy}`: decisions made again
+    /// because their send could not be reserved (a concurrent send to the
+    /// user, or a budget just spent).
+    pub guardrail_retries: IntCounterVec,
     /// `nudge_outbox_replayed_total{op}`: queued store operations applied
     /// once the store answered again.
     pub outbox_replayed: IntCounterVec,
@@ -129,6 +139,21 @@ impl Metrics {
             degraded_decisions: counter(
                 "nudge_degraded_decisions_total",
                 "Decisions made while the model store was unavailable",
+                &["policy"],
+            ),
+            guardrail_exclusions: counter(
+                "nudge_guardrail_exclusions_total",
+                "Arms made ineligible by a guardrail or the caller, per decision",
+                &["policy", "reason"],
+            ),
+            guardrail_forced: counter(
+                "nudge_guardrail_forced_total",
+                "Decisions where only the fallback arm was eligible",
+                &["policy"],
+            ),
+            guardrail_retries: counter(
+                "nudge_guardrail_retries_total",
+                "Decisions made again because their send could not be reserved",
                 &["policy"],
             ),
             outbox_replayed: counter(

@@ -8,9 +8,9 @@
 //! event's default reward could.
 
 use crate::http::AppState;
-use crate::http::reward::{log_reward, reward_value};
 use crate::log::{ActivationRow, LogRecord};
 use crate::runtime::PolicyRuntime;
+use crate::service::reward::{reward_value, rewarded};
 use crate::store::outbox::Op;
 use crate::store::{ActivateOutcome, RewardOutcome, StoreError};
 use futures_util::future::join_all;
@@ -198,7 +198,7 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
                 RewardOutcome::NotActivated => return Ok(Applied::Rejected("not_activated")),
                 RewardOutcome::UnknownAction => return Ok(Applied::Rejected("unknown_action")),
             };
-            log_reward(
+            rewarded(
                 state,
                 &rt,
                 *reward_id,
@@ -207,7 +207,8 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
                 value,
                 signals.as_ref(),
                 *received_at,
-            );
+            )
+            .await;
             Ok(Applied::Done)
         }
         Op::Activate {

@@ -114,6 +114,7 @@ impl Application {
             store_healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             outbox,
+            clock: crate::clock::Clock::system(),
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
@@ -190,6 +191,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The service's clock (tests set it).
+    pub fn clock(&self) -> crate::clock::Clock {
+        self.state.clock.clone()
     }
 
     /// A handle to stop the server gracefully (what SIGTERM does).

@@ -148,6 +148,9 @@ fn decision(i: usize, at: DateTime<Utc>) -> DecisionRow {
         }),
         deferred: i.is_multiple_of(3),
         degraded: i.is_multiple_of(7),
+        guardrails: i.is_multiple_of(4).then(|| {
+            json!({"user": format!("u{i}"), "timezone": "Europe/Berlin", "forced": i.is_multiple_of(8), "send_at": null}).into()
+        }),
     }
 }
 
@@ -223,6 +226,7 @@ type DecisionTuple = (
     bool,
     Option<DateTime<Utc>>,
     bool,
+    Option<Json<serde_json::Value>>,
 );
 
 type RewardTuple = (
@@ -238,7 +242,7 @@ type RewardTuple = (
 
 const SELECT_DECISIONS: &str = "SELECT event_id, policy, policy_version, model_version, \
     decided_at, context, actions, candidates, action, probability, slate, deferred, \
-    activated_at, degraded FROM decisions ORDER BY event_id";
+    activated_at, degraded, guardrails FROM decisions ORDER BY event_id";
 
 fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
     let row = DecisionRow {
@@ -255,6 +259,7 @@ fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
         slate: t.10.map(|j| j.0.into()),
         deferred: t.11,
         degraded: t.13,
+        guardrails: t.14.map(|j| j.0.into()),
     };
     (row, t.12)
 }

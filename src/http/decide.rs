@@ -3,13 +3,11 @@
 use super::error::ApiError;
 use super::{AppState, check_event_id, parse_field, parse_json, read_body};
 use crate::features::Features;
-use crate::log::{DecisionRow, JsonText, LogRecord};
-use crate::policy::{DecideError, DecideRequest, Decision, Mode};
-use crate::store::outbox::Op;
-use crate::store::{EventRecord, Recorded, Slot};
+use crate::policy::DecideError;
+use crate::service::{self, decide::DecideFailure, decide::DecideInput};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::time::Instant;
 use utoipa::ToSchema;
@@ -39,9 +37,17 @@ pub struct DecideBody {
     /// Slate size (default 1).
     pub k: Option<usize>,
     /// Compute now, deliver later: learned only after
-    /// `POST /v1/events/{event_id}/activate`.
+    /// `POST /v1/events/{event_id}/activate` (and, for a send of a policy
+    /// with guardrails, counted against caps and budgets then).
     #[serde(default)]
     pub defer: bool,
+    /// The user the decision is for: the policy's guardrails (caps, gap,
+    /// recovery, history features) apply to this user's history.
+    /// `[A-Za-z0-9_.:-]{1,128}`.
+    pub user: Option<String>,
+    /// The user's IANA time zone (e.g. `Europe/Berlin`) for quiet hours and
+    /// local delivery slots; default: the policy's `default_timezone`.
+    pub timezone: Option<String>,
 }
 
 fn empty_object() -> Box<RawValue> {
@@ -59,38 +65,7 @@ pub struct ActionSchema {
     features: Features,
 }
 
-/// One ranked candidate.
-#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct Ranked {
-    /// Action id.
-    pub id: String,
-    /// For slate positions: the probability of this action at this position
-    /// given the positions before it. For the rest: its probability of
-    /// being chosen first.
-    pub probability: f64,
-}
-
-/// A decision.
-#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct DecideResponse {
-    /// The event id (echoed or generated).
-    pub event_id: String,
-    /// Policy id.
-    pub policy: String,
-    /// The policy definition's version.
-    pub policy_version: u32,
-    /// The model version the decision was made with.
-    pub model_version: u64,
-    /// The chosen action (slate position 1).
-    pub action: String,
-    /// Its propensity: the probability it was chosen with.
-    pub probability: f64,
-    /// Every candidate: the slate first, in order, then the rest by
-    /// decreasing probability.
-    pub ranking: Vec<Ranked>,
-    /// Whether the decision waits for activation.
-    pub deferred: bool,
-}
+pub use crate::service::decide::{DecideResponse, Ranked};
 
 fn decide_error(e: DecideError) -> ApiError {
     let code = match &e {
@@ -174,138 +149,45 @@ pub async fn decide(
         ));
     }
 
-    let model = runtime.model();
-    let policy = &runtime.policy;
-    let spec = policy.spec();
-    let request = DecideRequest {
-        event_id: &event_id,
-        context: &context,
-        actions: &body.actions,
-        excluded: &body.excluded,
-        k,
+    let user = match body.user {
+        Some(user) => {
+            check_event_id(&user, "user").map_err(|_| {
+                ApiError::field(
+                    "invalid_field",
+                    "user",
+                    "user ids are 1 to 128 characters of [A-Za-z0-9_.:-]",
+                )
+            })?;
+            Some(user)
+        }
+        None => None,
     };
-    let decision = policy.decide(&model, &request).map_err(decide_error)?;
-    let ids: Vec<&str> = decision
-        .candidates
-        .iter()
-        .map(|&c| match spec.mode {
-            Mode::Disjoint => spec.arms[c].as_str(),
-            Mode::Shared => body.actions[c].id.as_str(),
-        })
-        .collect();
-    let response = DecideResponse {
-        event_id: event_id.clone(),
-        policy: spec.id.clone(),
-        policy_version: spec.version,
-        model_version: decision.model_version,
-        action: ids[decision.chosen()].to_string(),
-        probability: decision.propensity(),
-        ranking: ranking(&decision, &ids),
-        deferred: body.defer,
-    };
-    let response_json = serde_json::to_string(&response)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-
-    let now = chrono::Utc::now();
-    let record = EventRecord {
-        event_id: event_id.clone(),
-        slots: decision
-            .slate
-            .iter()
-            .map(|slot| Slot {
-                action: ids[slot.index].to_string(),
-                arm: decision.arm_of(slot.index, spec.mode) as u32,
-                x: decision.vector(slot.index).to_vec(),
-            })
-            .collect(),
-        deadline_ms: now.timestamp_millis() + runtime.rules.window_ms,
-        deferred: body.defer,
-        response: response_json,
-    };
-    let recorded = if state.outbox.active() {
-        // Earlier operations wait for the store: this one queues behind
-        // them (the store is not even tried, so an outage costs no latency).
-        None
-    } else {
-        let r = state
-            .store
-            .record(
-                spec.id.as_str(),
-                &record,
-                &runtime.rules,
-                now.timestamp_millis(),
+    let timezone = match body.timezone.as_deref() {
+        Some(name) => Some(crate::guardrails::parse_timezone(name).ok_or_else(|| {
+            ApiError::field(
+                "invalid_field",
+                "timezone",
+                format!("{name:?} is not an IANA time zone (e.g. \"Europe/Berlin\", \"UTC\")"),
             )
-            .await;
-        state.store_result("record", &r);
-        Some(r)
+        })?),
+        None => None,
     };
-    let degraded = match recorded {
-        Some(Ok(Recorded::Existing(previous))) => {
-            // A retry: the first answer stands, and it is logged once.
-            return Ok(HttpResponse::Ok()
-                .content_type("application/json")
-                .body(previous));
-        }
-        Some(Ok(Recorded::New)) => false,
-        // The store is unavailable: answer anyway, from the last model this
-        // replica has, and queue the event for the store, so it is learned
-        // from once the store is back. The decision row says `degraded`.
-        None | Some(Err(_)) => {
-            let queued = state.outbox.push(Op::Record {
-                policy: spec.id.clone(),
-                event: record.clone(),
-                now_ms: now.timestamp_millis(),
-            });
-            if let Err(e) = queued {
-                // Still answered and logged, but it cannot be learned from.
-                tracing::error!(error = %e, "outbox write failed; decision will not be learned");
-                state
-                    .metrics
-                    .store_errors
-                    .with_label_values(&["outbox"])
-                    .inc();
-            }
-            state
-                .metrics
-                .degraded_decisions
-                .with_label_values(&[&spec.id])
-                .inc();
-            true
-        }
-    };
-
-    let action_label = match spec.mode {
-        Mode::Disjoint => response.action.as_str(),
-        Mode::Shared => "*",
-    };
-    state
-        .metrics
-        .decisions
-        .with_label_values(&[&spec.id, action_label])
-        .inc();
-    state.log.record(LogRecord::Decision(DecisionRow {
+    let input = DecideInput {
+        runtime,
         event_id,
-        policy: spec.id.clone(),
-        policy_version: spec.version as i32,
-        model_version: decision.model_version as i64,
-        decided_at: now,
-        context: JsonText::verbatim(body.context).unwrap_or_else(|| JsonText::of(&context)),
-        actions: (spec.mode == Mode::Shared).then(|| JsonText::of(&body.actions)),
-        candidates: JsonText::of(
-            &ids.iter()
-                .zip(&decision.probabilities)
-                .map(|(id, p)| Candidate {
-                    id,
-                    probability: *p,
-                })
-                .collect::<Vec<_>>(),
-        ),
-        action: response.action.clone(),
-        probability: response.probability,
-        slate: (k > 1).then(|| JsonText::of(&response.ranking[..k])),
-        deferred: body.defer,
-        degraded,
-    }));
+        context,
+        context_text: body.context,
+        actions: body.actions,
+        excluded: body.excluded,
+        k,
+        defer: body.defer,
+        user,
+        timezone,
+        now: state.clock.now(),
+    };
+    let response = service::decide::decide(&state, input)
+        .await
+        .map_err(decide_failure)?;
     state
         .metrics
         .latency
@@ -313,34 +195,15 @@ pub async fn decide(
         .observe(started.elapsed().as_secs_f64());
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(record.response))
+        .body(response))
 }
 
-/// A candidate and its probability, as logged.
-#[derive(Serialize)]
-struct Candidate<'a> {
-    id: &'a str,
-    probability: f64,
-}
-
-/// The slate in order with its position probabilities, then every other
-/// candidate by decreasing first-choice probability (ties in request order).
-fn ranking(decision: &Decision, ids: &[&str]) -> Vec<Ranked> {
-    let mut out: Vec<Ranked> = decision
-        .slate
-        .iter()
-        .map(|s| Ranked {
-            id: ids[s.index].to_string(),
-            probability: s.probability,
-        })
-        .collect();
-    let mut rest: Vec<usize> = (0..ids.len())
-        .filter(|i| !decision.slate.iter().any(|s| s.index == *i))
-        .collect();
-    rest.sort_by(|a, b| decision.probabilities[*b].total_cmp(&decision.probabilities[*a]));
-    out.extend(rest.into_iter().map(|i| Ranked {
-        id: ids[i].to_string(),
-        probability: decision.probabilities[i],
-    }));
-    out
+fn decide_failure(e: DecideFailure) -> ApiError {
+    match e {
+        DecideFailure::Invalid(e) => decide_error(e),
+        other => ApiError {
+            field: other.field(),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", other.to_string())
+        },
+    }
 }

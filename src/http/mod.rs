@@ -11,42 +11,16 @@ pub mod openapi;
 pub mod policies;
 pub mod reward;
 
-use crate::config::Settings;
-use crate::log::DecisionLog;
-use crate::metrics::Metrics;
 use crate::runtime::PolicyRuntime;
-use crate::store::Store;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use error::ApiError;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Everything a handler needs, shared by all workers.
-pub struct AppState {
-    /// Live policies by id.
-    pub policies: BTreeMap<String, Arc<PolicyRuntime>>,
-    /// The model store.
-    pub store: Store,
-    /// The decision log.
-    pub log: DecisionLog,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Settings (limits).
-    pub settings: Settings,
-    /// API keys, roles and rate limits.
-    pub auth: auth::Auth,
-    /// False after a store call failed, true again after one succeeded.
-    pub store_healthy: AtomicBool,
-    /// Set by SIGTERM: the replica is about to stop (`/readyz` says so,
-    /// responses close their connections).
-    pub draining: AtomicBool,
-    /// Store operations waiting for an unavailable store.
-    pub outbox: crate::store::outbox::Outbox,
-}
+/// The shared state handlers see: the domain layer's [`Service`].
+pub use crate::service::Service as AppState;
 
 impl AppState {
     /// The runtime of `id`, or 404 `unknown_policy` naming `field`; an id
@@ -62,18 +36,6 @@ impl AppState {
             )
             .at(field)
         })
-    }
-
-    /// Records the outcome of a store call for `/readyz` and the metrics.
-    pub fn store_result<T, E: std::fmt::Display>(&self, op: &str, r: &Result<T, E>) {
-        match r {
-            Ok(_) => self.store_healthy.store(true, Ordering::Relaxed),
-            Err(e) => {
-                self.store_healthy.store(false, Ordering::Relaxed);
-                self.metrics.store_errors.with_label_values(&[op]).inc();
-                tracing::warn!(op, error = %e, "store call failed");
-            }
-        }
     }
 }
 

@@ -2,9 +2,10 @@
 
 use super::error::ApiError;
 use super::{AppState, check_event_id, parse_json, read_body, unavailable};
-use crate::log::{ActivationRow, JsonText, LogRecord, RewardRow};
+use crate::log::{ActivationRow, LogRecord};
 use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
+use crate::service::{self, reward::ActivationCheck, reward::RewardInputError};
 use crate::store::outbox::Op;
 use crate::store::{ActivateOutcome, RewardOutcome, StoreError};
 use actix_web::http::StatusCode;
@@ -93,56 +94,16 @@ fn reward_error(e: RewardError, signals: bool) -> ApiError {
     ApiError::field(code, field, e.to_string())
 }
 
-/// The reward `raw` (a number) or `signals` stand for under `runtime`'s
-/// policy, checked against its declared range and signal names.
-pub(crate) fn reward_value(
+/// The reward of a request, or the 400 that says why not.
+fn value_of(
     runtime: &PolicyRuntime,
     raw: Option<f64>,
     signals: Option<&BTreeMap<String, f64>>,
 ) -> Result<f64, ApiError> {
-    let spec = runtime.policy.spec();
-    match (raw, signals) {
-        (Some(r), None) => spec.reward.check(r).map_err(|e| reward_error(e, false)),
-        (None, Some(signals)) => spec
-            .reward
-            .from_signals(signals.iter().map(|(k, v)| (k.as_str(), *v)))
-            .map_err(|e| reward_error(e, true)),
-        _ => Err(not_exactly_one()),
-    }
-}
-
-/// Logs a reward the store applied, and counts it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn log_reward(
-    state: &AppState,
-    runtime: &PolicyRuntime,
-    reward_id: uuid::Uuid,
-    event_id: &str,
-    action: String,
-    value: f64,
-    signals: Option<&BTreeMap<String, f64>>,
-    received_at: chrono::DateTime<chrono::Utc>,
-) {
-    let kind = if signals.is_some() {
-        "signals"
-    } else {
-        "reward"
-    };
-    state
-        .metrics
-        .rewards
-        .with_label_values(&[runtime.id(), kind])
-        .inc();
-    state.log.record(LogRecord::Reward(RewardRow {
-        reward_id,
-        event_id: event_id.to_string(),
-        policy: runtime.id().to_string(),
-        action,
-        reward: value,
-        signals: signals.map(JsonText::of),
-        is_default: false,
-        received_at,
-    }));
+    service::reward::reward_value(runtime, raw, signals).map_err(|e| match e {
+        RewardInputError::Invalid { error, signals } => reward_error(error, signals),
+        RewardInputError::NotExactlyOne => not_exactly_one(),
+    })
 }
 
 /// `POST /v1/reward`.
@@ -178,7 +139,7 @@ pub async fn reward(
     }
     let runtime = resolve(&state, &body.event_id, body.policy.as_deref()).await?;
     let value = match &runtime {
-        Some(rt) => Some(reward_value(rt, body.reward, body.signals.as_ref())?),
+        Some(rt) => Some(value_of(rt, body.reward, body.signals.as_ref())?),
         None => None,
     };
     let reward_id = uuid::Uuid::now_v7();
@@ -236,7 +197,7 @@ pub async fn reward(
             ));
         }
     };
-    log_reward(
+    service::reward::rewarded(
         &state,
         &runtime,
         reward_id,
@@ -245,7 +206,8 @@ pub async fn reward(
         value,
         body.signals.as_ref(),
         now,
-    );
+    )
+    .await;
     state
         .metrics
         .latency
@@ -345,7 +307,34 @@ pub async fn activate(
         parse_json(&body)?
     };
     let runtime = resolve(&state, &event_id, body.policy.as_deref()).await?;
-    let now = chrono::Utc::now();
+    let now = state.clock.now();
+    if let Some(rt) = runtime
+        .as_ref()
+        .filter(|rt| rt.policy.spec().guardrails.is_some())
+    {
+        // A deferred send counts when activated: check and reserve it now,
+        // or refuse, so the caller does not deliver it. Without the store
+        // there is no way to know the caps: refuse rather than over-send.
+        if state.outbox.active() {
+            return Err(unavailable("operations are queued for the store"));
+        }
+        let checked = service::reward::reserve_activation(&state, rt, &event_id, now).await;
+        state.store_result("reserve_activation", &checked);
+        match checked.map_err(unavailable)? {
+            ActivationCheck::Allowed => {}
+            ActivationCheck::Refused(reason) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "guardrail",
+                    format!(
+                        "activating this send now would break the policy's guardrails ({}); do not deliver it",
+                        reason.name()
+                    ),
+                )
+                .at("event_id"));
+            }
+        }
+    }
     let outcome = match &runtime {
         Some(rt) if !state.outbox.active() => {
             let outcome = state

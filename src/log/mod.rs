@@ -140,8 +140,11 @@ pub struct DecisionRow {
     /// Shared mode: the candidate actions with their features, as sent
     /// (`[{"id", "features"}]`); `None` in disjoint mode.
     pub actions: Option<JsonText>,
-    /// Every candidate (after exclusions) in request order with its
-    /// probability of being chosen: `[{"id", "probability"}]`.
+    /// Every candidate in request order with its probability of being
+    /// chosen: `[{"id", "probability"}]`; an arm the caller or a guardrail
+    /// excluded has probability 0 and `"excluded_by"` (`excluded`, `cap`,
+    /// `gap`, `quiet_hours`, `budget`, `recovery`, `unavailable`), so the
+    /// eligible set is the entries without it.
     pub candidates: JsonText,
     /// The chosen action's id.
     pub action: String,
@@ -154,6 +157,11 @@ pub struct DecisionRow {
     pub deferred: bool,
     /// Made while a store was unreachable (last known model).
     pub degraded: bool,
+    /// For policies with guardrails: `{"user", "timezone", "forced",
+    /// "send_at"}` (`forced`: only the fallback was eligible, taken with
+    /// probability 1; `send_at`: the delivery time, RFC 3339 UTC).
+    #[serde(default)]
+    pub guardrails: Option<JsonText>,
 }
 
 /// One reward (explicit, or the policy's default when the window closed).

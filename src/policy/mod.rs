@@ -6,12 +6,14 @@
 //! the state wherever it lives (in-process, or a replica's copy of Redis)
 //! and the simulator runs the very same code offline.
 
+mod load;
 mod score;
 pub mod spec;
 
+pub use load::{load_file, load_paths};
 pub use spec::{
     Aggregation, Algorithm, Mode, Params, PolicyError, PolicySpec, RewardError, RewardSpec,
-    load_file, load_paths, parse_policy,
+    parse_policy,
 };
 
 use crate::explore::{self, SlateSlot, Stream};

@@ -6,6 +6,8 @@
 //! an epsilon outside `[0, 1]`, a duplicate arm or a zero-length vector.
 
 use crate::features::{FeatureKind, FeatureSpec, UnknownFeatures};
+use crate::guardrails::Guardrails;
+use crate::guardrails::spec::{RawGuardrails, RawHistoryFeature};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -243,6 +245,8 @@ pub struct PolicySpec {
     pub features: FeatureSpec,
     /// Reward settings.
     pub reward: RewardSpec,
+    /// Notification guardrails over each user's history (disjoint mode).
+    pub guardrails: Option<Guardrails>,
 }
 
 impl PolicySpec {
@@ -303,6 +307,7 @@ struct RawPolicy {
     features: RawFeatures,
     #[serde(default)]
     reward: RawReward,
+    guardrails: Option<RawGuardrails>,
 }
 
 fn one() -> u32 {
@@ -382,6 +387,18 @@ enum RawFeature {
         name: String,
         length: usize,
         default: Option<Vec<f64>>,
+    },
+    /// A number Nudge computes from the user's history (see
+    /// [`crate::guardrails::HistoryStat`]).
+    History {
+        name: String,
+        stat: String,
+        per: Option<String>,
+        arm: Option<String>,
+        group: Option<String>,
+        mean: Option<f64>,
+        std: Option<f64>,
+        default: Option<f64>,
     },
 }
 
@@ -484,8 +501,10 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
     }
     let params = validate_params(&raw, &mut p);
     validate_arms(&raw, &mut p);
-    let features = validate_features(&raw, &mut p);
+    let mut history = Vec::new();
+    let features = validate_features(&raw, &mut p, &mut history);
     let reward = validate_reward(&raw, &mut p);
+    let guardrails = validate_guardrails(&raw, &history, &mut p);
     if let Some(f) = &features {
         let models = match raw.mode {
             Mode::Disjoint => raw.arms.len().max(1),
@@ -514,6 +533,7 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             params,
             features,
             reward,
+            guardrails,
         }),
         _ => Err(p.errors),
     }
@@ -704,9 +724,13 @@ fn validate_arms(raw: &RawPolicy, p: &mut Problems) {
     }
 }
 
-fn validate_features(raw: &RawPolicy, p: &mut Problems) -> Option<FeatureSpec> {
-    let context = validate_side(&raw.features.context, "features.context", p);
-    let action = validate_side(&raw.features.action, "features.action", p);
+fn validate_features(
+    raw: &RawPolicy,
+    p: &mut Problems,
+    history: &mut Vec<RawHistoryFeature>,
+) -> Option<FeatureSpec> {
+    let context = validate_side(&raw.features.context, "features.context", p, history);
+    let action = validate_side(&raw.features.action, "features.action", p, history);
     let interactions: Vec<(String, String)> = raw
         .features
         .interactions
@@ -738,40 +762,71 @@ fn validate_features(raw: &RawPolicy, p: &mut Problems) -> Option<FeatureSpec> {
     Some(spec)
 }
 
-fn validate_side(raw: &[RawFeature], side: &str, p: &mut Problems) -> Vec<(String, FeatureKind)> {
+/// A `number` feature's standardisation and default, checked.
+fn number_kind(
+    mean: Option<f64>,
+    std: Option<f64>,
+    default: Option<f64>,
+    key: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) -> FeatureKind {
+    let mean = mean.unwrap_or(0.0);
+    let std = std.unwrap_or(1.0);
+    if !mean.is_finite() {
+        p.add(key("mean"), format!("expected a finite number, got {mean}"));
+    }
+    if !(std.is_finite() && std > 0.0) {
+        p.add(
+            key("std"),
+            format!("expected a finite number > 0, got {std}"),
+        );
+    }
+    if let Some(d) = default.filter(|d| !d.is_finite()) {
+        p.add(key("default"), format!("expected a finite number, got {d}"));
+    }
+    FeatureKind::Number { mean, std, default }
+}
+
+fn validate_side(
+    raw: &[RawFeature],
+    side: &str,
+    p: &mut Problems,
+    history: &mut Vec<RawHistoryFeature>,
+) -> Vec<(String, FeatureKind)> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, f) in raw.iter().enumerate() {
         let key = |k: &str| format!("{side}[{i}].{k}");
         let (name, kind) = match f {
+            RawFeature::History {
+                name,
+                stat,
+                per,
+                arm,
+                group,
+                mean,
+                std,
+                default,
+            } => {
+                if side != "features.context" {
+                    p.add(key("type"), "history features are context features");
+                }
+                history.push(RawHistoryFeature {
+                    key: format!("{side}[{i}]"),
+                    name: name.clone(),
+                    stat: stat.clone(),
+                    per: per.clone(),
+                    arm: arm.clone(),
+                    group: group.clone(),
+                    has_default: default.is_some(),
+                });
+                (name, number_kind(*mean, *std, *default, &key, p))
+            }
             RawFeature::Number {
                 name,
                 mean,
                 std,
                 default,
-            } => {
-                let mean = mean.unwrap_or(0.0);
-                let std = std.unwrap_or(1.0);
-                if !mean.is_finite() {
-                    p.add(key("mean"), format!("expected a finite number, got {mean}"));
-                }
-                if !(std.is_finite() && std > 0.0) {
-                    p.add(
-                        key("std"),
-                        format!("expected a finite number > 0, got {std}"),
-                    );
-                }
-                if let Some(d) = default.filter(|d| !d.is_finite()) {
-                    p.add(key("default"), format!("expected a finite number, got {d}"));
-                }
-                (
-                    name,
-                    FeatureKind::Number {
-                        mean,
-                        std,
-                        default: *default,
-                    },
-                )
-            }
+            } => (name, number_kind(*mean, *std, *default, &key, p)),
             RawFeature::Categorical {
                 name,
                 vocabulary,
@@ -937,74 +992,26 @@ fn validate_reward(raw: &RawPolicy, p: &mut Problems) -> RewardSpec {
     spec
 }
 
-/// Reads and validates one policy file.
-pub fn load_file(path: &Path) -> Result<PolicySpec, Vec<PolicyError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![PolicyError {
-            file: path.to_path_buf(),
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
-    })?;
-    parse_policy(&text, path)
-}
-
-/// Loads every `*.toml` under each path (files or directories, recursively,
-/// in name order), as the service does at start. Returns the valid
-/// policies and every error, including duplicate ids across files.
-pub fn load_paths(paths: &[PathBuf]) -> (Vec<PolicySpec>, Vec<PolicyError>) {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        collect_toml(path, &mut files, &mut errors);
-    }
-    let mut specs: Vec<PolicySpec> = Vec::new();
-    let mut origin: HashMap<String, PathBuf> = HashMap::new();
-    for file in files {
-        match load_file(&file) {
-            Ok(spec) => {
-                if let Some(first) = origin.get(&spec.id) {
-                    errors.push(PolicyError {
-                        file: file.clone(),
-                        key: "id".into(),
-                        message: format!(
-                            "duplicate policy id {:?} (also in {})",
-                            spec.id,
-                            first.display()
-                        ),
-                    });
-                } else {
-                    origin.insert(spec.id.clone(), file);
-                    specs.push(spec);
-                }
-            }
-            Err(mut e) => errors.append(&mut e),
+fn validate_guardrails(
+    raw: &RawPolicy,
+    history: &[RawHistoryFeature],
+    p: &mut Problems,
+) -> Option<Guardrails> {
+    let Some(g) = &raw.guardrails else {
+        if let Some(h) = history.first() {
+            p.add(
+                format!("{}.type", h.key),
+                "history features need a [guardrails] table (it says which arms are sends)",
+            );
         }
-    }
-    (specs, errors)
-}
-
-fn collect_toml(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<PolicyError>) {
-    let io_error = |e: std::io::Error| PolicyError {
-        file: path.to_path_buf(),
-        key: String::new(),
-        message: format!("cannot read: {e}"),
+        return None;
     };
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut children: Vec<PathBuf> =
-                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                children.sort();
-                for child in children {
-                    if child.is_dir() || child.extension().is_some_and(|e| e == "toml") {
-                        collect_toml(&child, files, errors);
-                    }
-                }
-            }
-            Err(e) => errors.push(io_error(e)),
-        },
-        Ok(_) => files.push(path.to_path_buf()),
-        Err(e) => errors.push(io_error(e)),
+    if raw.mode != Mode::Disjoint {
+        p.add(
+            "guardrails",
+            "guardrails need mode = \"disjoint\" (fixed arms, each a send or a hold)",
+        );
+        return None;
     }
+    crate::guardrails::spec::validate(g, &raw.arms, history, &mut |k, m| p.add(k, m))
 }

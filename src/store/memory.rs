@@ -10,10 +10,12 @@
 //! ([`MemoryStore::load`]). What happened after the last save is lost on a
 //! crash; a graceful stop saves last.
 
+use super::users::{BudgetSlot, Reservation, SendReservation};
 use super::{
     ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
     StoreError, StreamId, SweepResult, SyncBatch,
 };
+use crate::guardrails::UserHistory;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
@@ -98,6 +100,15 @@ impl PolicyData {
 struct Inner {
     policies: HashMap<String, PolicyData>,
     index: HashMap<String, (String, i64)>,
+    /// Per user: the kept sends and when the whole history expires.
+    #[serde(default)]
+    users: HashMap<String, (UserHistory, i64)>,
+    /// Per budget window (`scope@window`): sends counted, expiry.
+    #[serde(default)]
+    budgets: HashMap<String, (u64, i64)>,
+    /// Budgeted sends without a user, by `scope@window/event`: expiry.
+    #[serde(default)]
+    budget_events: HashMap<String, i64>,
 }
 
 /// In-process store (the embedded default).
@@ -434,4 +445,149 @@ impl MemoryStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    pub(super) async fn event_response(
+        &self,
+        policy: &str,
+        event_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .policies
+            .get(policy)
+            .and_then(|d| d.events.get(event_id))
+            .map(|e| e.record.response.clone()))
+    }
+
+    pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let inner = self.lock();
+        Ok(match inner.users.get(user) {
+            Some((h, expires)) if *expires > now => h.clone(),
+            // An expired history keeps counting versions up, so a
+            // reservation made on the old one still conflicts.
+            Some((h, _)) => UserHistory {
+                sends: vec![],
+                version: h.version,
+            },
+            None => UserHistory::default(),
+        })
+    }
+
+    pub(super) async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let inner = self.lock();
+        Ok(slots
+            .iter()
+            .map(|b| match inner.budgets.get(&budget_key(b)) {
+                Some((n, expires)) if *expires > now => *n,
+                _ => 0,
+            })
+            .collect())
+    }
+
+    pub(super) async fn reserve_send(
+        &self,
+        r: &SendReservation<'_>,
+    ) -> Result<Reservation, StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let now = r.now_ms;
+        // Everything below happens under one lock: check all, then apply.
+        let mut history = match r.user {
+            Some(user) => {
+                let (h, expires) = inner
+                    .users
+                    .get(user)
+                    .cloned()
+                    .unwrap_or((UserHistory::default(), 0));
+                let mut h = if expires > now {
+                    h
+                } else {
+                    UserHistory {
+                        sends: vec![],
+                        version: h.version,
+                    }
+                };
+                if h.sends.iter().any(|s| s.event_id == r.send.event_id) {
+                    return Ok(Reservation::Duplicate);
+                }
+                if h.version != r.version {
+                    return Ok(Reservation::Conflict);
+                }
+                h.forget_before(now - r.retention_ms);
+                Some(h)
+            }
+            None => {
+                let first = r.budgets.first().map(|b| event_key(b, &r.send.event_id));
+                if let Some(key) = first
+                    && inner.budget_events.get(&key).is_some_and(|e| *e > now)
+                {
+                    return Ok(Reservation::Duplicate);
+                }
+                None
+            }
+        };
+        for b in r.budgets {
+            if let Some((n, expires)) = inner.budgets.get(&budget_key(b))
+                && *expires > now
+                && *n >= b.max
+            {
+                return Ok(Reservation::BudgetSpent);
+            }
+        }
+        for b in r.budgets {
+            let entry = inner.budgets.entry(budget_key(b)).or_insert((0, 0));
+            if entry.1 <= now {
+                *entry = (0, now + b.ttl_ms);
+            }
+            entry.0 += 1;
+            if r.user.is_none() {
+                inner
+                    .budget_events
+                    .insert(event_key(b, &r.send.event_id), now + b.ttl_ms);
+            }
+        }
+        if let (Some(user), Some(h)) = (r.user, history.as_mut()) {
+            h.push(r.send.clone());
+            h.version += 1;
+            let expires = inner
+                .users
+                .get(user)
+                .map_or(0, |(_, e)| *e)
+                .max(now + r.retention_ms);
+            inner.users.insert(user.to_string(), (h.clone(), expires));
+        }
+        // Forget what expired now and then, so memory stays bounded by the
+        // live users and windows.
+        if inner.users.len().is_power_of_two() && inner.users.len() >= 1024 {
+            inner.users.retain(|_, (_, e)| *e > now);
+        }
+        if inner.budget_events.len().is_power_of_two() && inner.budget_events.len() >= 1024 {
+            inner.budget_events.retain(|_, e| *e > now);
+            inner.budgets.retain(|_, (_, e)| *e > now);
+        }
+        Ok(Reservation::Reserved)
+    }
+
+    pub(super) async fn note_outcome(
+        &self,
+        user: &str,
+        event_id: &str,
+        outcome: f64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        Ok(inner
+            .users
+            .get_mut(user)
+            .is_some_and(|(h, _)| h.set_outcome(event_id, outcome)))
+    }
+}
+
+fn budget_key(b: &BudgetSlot) -> String {
+    format!("{}@{}", b.scope, b.window)
+}
+
+fn event_key(b: &BudgetSlot, event_id: &str) -> String {
+    format!("{}@{}/{event_id}", b.scope, b.window)
 }

@@ -24,9 +24,13 @@
 mod memory;
 pub mod outbox;
 mod redis;
+pub mod users;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use users::{BudgetSlot, Reservation, SendReservation};
+
+use crate::guardrails::UserHistory;
 
 use std::fmt;
 use std::str::FromStr;
@@ -364,6 +368,44 @@ impl Store {
     /// Events whose window is still open (or awaiting activation).
     pub async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
         dispatch!(self, s => s.pending(policy).await)
+    }
+
+    /// The stored decision response of a pending event (what a retried
+    /// decide gets), if the event is still remembered.
+    pub async fn event_response(
+        &self,
+        policy: &str,
+        event_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.event_response(policy, event_id).await)
+    }
+
+    /// A user's kept sends and their version (empty, version 0, for a user
+    /// never sent to).
+    pub async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+        dispatch!(self, s => s.user_history(user).await)
+    }
+
+    /// Sends counted so far in each budget window.
+    pub async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
+        dispatch!(self, s => s.budget_used(slots).await)
+    }
+
+    /// Adds a send to a user's history and counts it in its budgets,
+    /// atomically against concurrent reservations (see [`users`]).
+    pub async fn reserve_send(&self, r: &SendReservation<'_>) -> Result<Reservation, StoreError> {
+        dispatch!(self, s => s.reserve_send(r).await)
+    }
+
+    /// Records the reward a user's send earned (for outcome features).
+    /// Returns whether the send was still kept.
+    pub async fn note_outcome(
+        &self,
+        user: &str,
+        event_id: &str,
+        outcome: f64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.note_outcome(user, event_id, outcome).await)
     }
 
     /// Whether the store answers.

@@ -10,6 +10,8 @@
 //! | `P:{pid}:learned` | stream | entries to learn, in order |
 //! | `P:{pid}:snap` | hash | `blob`, `cursor`, `epoch` |
 //! | `P:event:<event>` | string | the policy of an event (rewards name only the event) |
+//! | `P:{u:<user>}:h` | hash | a user's sends (guardrails; see [`super::users`]) |
+//! | `P:{b:<scope>}:<window>` | string | a budget window's send count |
 //!
 //! Deciding costs three plain commands in one pipeline (`SET … NX GET PX`,
 //! `ZADD NX`, the index `SET`): no script runs on the request path. Rewards,
@@ -21,10 +23,12 @@
 //! Nothing is built as a command string: keys and values travel as
 //! separate protocol arguments.
 
+use super::users::{BudgetSlot, Reservation, SendReservation};
 use super::{
     ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
     StoreError, StreamId, SweepResult, SyncBatch, decode_vector, encode_vector,
 };
+use crate::guardrails::{MAX_USER_SENDS, SendRecord, UserHistory};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use std::sync::Arc;
@@ -37,6 +41,9 @@ struct Scripts {
     sync: Script,
     snapshot: Script,
     reset: Script,
+    user_reserve: Script,
+    budget: Script,
+    outcome: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -95,6 +102,9 @@ impl RedisStore {
                 sync: script(include_str!("lua/sync.lua")),
                 snapshot: script(include_str!("lua/snapshot.lua")),
                 reset: script(include_str!("lua/reset.lua")),
+                user_reserve: Script::new(include_str!("lua/user_reserve.lua")),
+                budget: Script::new(include_str!("lua/budget.lua")),
+                outcome: Script::new(include_str!("lua/outcome.lua")),
             }),
         })
     }
@@ -124,6 +134,23 @@ impl RedisStore {
 
     fn state_key(&self, policy: &str, event_id: &str) -> String {
         format!("{}:{{{policy}}}:st:{event_id}", self.prefix)
+    }
+
+    /// A user's send history: its own hash tag, so users spread over a
+    /// cluster's slots.
+    fn user_key(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:h", self.prefix)
+    }
+
+    fn budget_key(&self, b: &BudgetSlot) -> String {
+        format!("{}:{{b:{}}}:{}", self.prefix, b.scope, b.window)
+    }
+
+    fn budget_event_key(&self, b: &BudgetSlot, event_id: &str) -> String {
+        format!(
+            "{}:{{b:{}}}:{}:ev:{event_id}",
+            self.prefix, b.scope, b.window
+        )
     }
 
     fn index_key(&self, event_id: &str) -> String {
@@ -389,6 +416,143 @@ impl RedisStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.cmd(&redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    pub(super) async fn event_response(
+        &self,
+        policy: &str,
+        event_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let blob: Option<Vec<u8>> = self
+            .cmd(redis::cmd("GET").arg(self.event_key(policy, event_id)))
+            .await?;
+        blob.map(|b| decode_response(&b)).transpose()
+    }
+
+    pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+        let fields: Vec<(String, String)> = self
+            .cmd(redis::cmd("HGETALL").arg(self.user_key(user)))
+            .await?;
+        let mut history = UserHistory::default();
+        for (field, value) in fields {
+            if field == "#v" {
+                history.version = value
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("user history version {value:?}")))?;
+            } else if let Some(send) = SendRecord::decode(&field, &value) {
+                history.sends.push(send);
+            } else {
+                // One unreadable entry must not block the user's decisions.
+                tracing::error!(user, field, "unreadable send record skipped");
+            }
+        }
+        Ok(history)
+    }
+
+    pub(super) async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
+        if slots.is_empty() {
+            return Ok(vec![]);
+        }
+        // One GET each (the windows live in different slots of a cluster).
+        let mut pipe = redis::pipe();
+        for b in slots {
+            pipe.cmd("GET").arg(self.budget_key(b));
+        }
+        let used: Vec<Option<u64>> = self.query_pipe(&pipe).await?;
+        Ok(used.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    pub(super) async fn reserve_send(
+        &self,
+        r: &SendReservation<'_>,
+    ) -> Result<Reservation, StoreError> {
+        let event = r.send.event_id.as_str();
+        if let Some(user) = r.user {
+            let mut inv = self.scripts.user_reserve.prepare_invoke();
+            inv.key(self.user_key(user))
+                .arg(event)
+                .arg(r.send.encode())
+                .arg(r.version.to_string())
+                .arg(r.retention_ms)
+                .arg(r.now_ms)
+                .arg(MAX_USER_SENDS);
+            let outcome: String = self.run(&inv).await?;
+            match outcome.as_str() {
+                "ok" => {}
+                "duplicate" => return Ok(Reservation::Duplicate),
+                "conflict" => return Ok(Reservation::Conflict),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "reserve script said {other:?}"
+                    )));
+                }
+            }
+        }
+        for (i, b) in r.budgets.iter().enumerate() {
+            let mut inv = self.scripts.budget.prepare_invoke();
+            inv.key(self.budget_key(b));
+            if r.user.is_none() {
+                inv.key(self.budget_event_key(b, event));
+            }
+            inv.arg(b.max).arg(b.ttl_ms);
+            let outcome: String = self.run(&inv).await?;
+            match outcome.as_str() {
+                "ok" => {}
+                "duplicate" => return Ok(Reservation::Duplicate),
+                "spent" => {
+                    self.withdraw(r, &r.budgets[..i]).await?;
+                    return Ok(Reservation::BudgetSpent);
+                }
+                other => {
+                    return Err(StoreError::Corrupt(format!("budget script said {other:?}")));
+                }
+            }
+        }
+        Ok(Reservation::Reserved)
+    }
+
+    /// Takes back a reservation's send and the budget counts made so far.
+    async fn withdraw(
+        &self,
+        r: &SendReservation<'_>,
+        counted: &[BudgetSlot],
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for b in counted {
+            pipe.cmd("DECR").arg(self.budget_key(b)).ignore();
+            if r.user.is_none() {
+                pipe.cmd("DEL")
+                    .arg(self.budget_event_key(b, &r.send.event_id))
+                    .ignore();
+            }
+        }
+        if let Some(user) = r.user {
+            pipe.cmd("HDEL")
+                .arg(self.user_key(user))
+                .arg(&r.send.event_id)
+                .ignore()
+                .cmd("HINCRBY")
+                .arg(self.user_key(user))
+                .arg("#v")
+                .arg(1)
+                .ignore();
+        }
+        let () = self.query_pipe(&pipe).await?;
+        Ok(())
+    }
+
+    pub(super) async fn note_outcome(
+        &self,
+        user: &str,
+        event_id: &str,
+        outcome: f64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.outcome.prepare_invoke();
+        inv.key(self.user_key(user))
+            .arg(event_id)
+            .arg(format_f64(outcome));
+        let changed: i64 = self.run(&inv).await?;
+        Ok(changed == 1)
     }
 }
 

@@ -105,6 +105,8 @@ pub struct TestApp {
     pub backend: Backend,
     /// The settings it was built with.
     pub settings: Settings,
+    /// The service's clock (set it to test rules over time).
+    pub clock: nudge::clock::Clock,
     handle: actix_web::dev::ServerHandle,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: tempfile::TempDir,
@@ -183,12 +185,14 @@ async fn start(
         .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let clock = app.clock();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
         backend,
         settings,
+        clock,
         handle,
         task: Some(task),
         dir,
@@ -277,6 +281,33 @@ impl TestApp {
                 .get(0);
             pool.close().await;
             n
+        }
+    }
+
+    /// One decision row's `candidates`, `context` and `guardrails` JSON, as
+    /// text.
+    pub async fn decision_row(&self, event_id: &str) -> (String, String, Option<String>) {
+        let url = &self.settings.database_url;
+        let sql = "SELECT candidates, context, guardrails FROM decisions WHERE event_id = $1";
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let sql = "SELECT candidates::text, context::text, guardrails::text FROM decisions WHERE event_id = $1";
+            let row = sqlx::query(sql)
+                .bind(event_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            (row.get(0), row.get(1), row.get(2))
+        } else {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            let row = sqlx::query(sql)
+                .bind(event_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            (row.get(0), row.get(1), row.get(2))
         }
     }
 

@@ -1,0 +1,55 @@
+//! The domain layer: deciding (with guardrails), rewarding, activating.
+//! Returns domain outcomes and knows no HTTP; the handlers in
+//! [`crate::http`], the outbox replay ([`crate::recovery`]) and the
+//! background tasks ([`crate::startup`]) all call it.
+
+pub mod decide;
+pub mod reward;
+
+use crate::config::Settings;
+use crate::log::DecisionLog;
+use crate::metrics::Metrics;
+use crate::runtime::PolicyRuntime;
+use crate::store::Store;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Everything the service shares across workers and tasks.
+pub struct Service {
+    /// Live policies by id.
+    pub policies: BTreeMap<String, Arc<PolicyRuntime>>,
+    /// The model store.
+    pub store: Store,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings (limits).
+    pub settings: Settings,
+    /// API keys, roles and rate limits (checked by the HTTP layer).
+    pub auth: crate::http::auth::Auth,
+    /// False after a store call failed, true again after one succeeded.
+    pub store_healthy: AtomicBool,
+    /// Set by SIGTERM: the replica is about to stop (`/readyz` says so,
+    /// responses close their connections).
+    pub draining: AtomicBool,
+    /// Store operations waiting for an unavailable store.
+    pub outbox: crate::store::outbox::Outbox,
+    /// The clock decisions and activations are made by.
+    pub clock: crate::clock::Clock,
+}
+
+impl Service {
+    /// Records the outcome of a store call for `/readyz` and the metrics.
+    pub fn store_result<T, E: std::fmt::Display>(&self, op: &str, r: &Result<T, E>) {
+        match r {
+            Ok(_) => self.store_healthy.store(true, Ordering::Relaxed),
+            Err(e) => {
+                self.store_healthy.store(false, Ordering::Relaxed);
+                self.metrics.store_errors.with_label_values(&[op]).inc();
+                tracing::warn!(op, error = %e, "store call failed");
+            }
+        }
+    }
+}
