@@ -1,6 +1,7 @@
 //! `POST /v1/decide`: one action, or a ranked slate, with its propensities.
 
 use super::error::ApiError;
+use super::openapi::{ActionId, EventId, ExcludedBy, PolicyId, UserId};
 use super::{AppState, check_event_id, parse_field, parse_json, read_body};
 use crate::features::Features;
 use crate::log::{DecisionRow, JsonText, LogRecord};
@@ -14,48 +15,78 @@ use serde_json::value::RawValue;
 use std::time::Instant;
 use utoipa::ToSchema;
 
-/// A decision request.
+/// A decision request. Which fields a policy needs is the policy's: a
+/// disjoint policy (fixed arms) takes no `actions` (400 `invalid_field`), a
+/// shared one needs at least one (400 `no_candidates`); see
+/// `GET /v1/policies/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideBody {
-    /// Policy id.
+    /// The policy that decides.
+    #[schema(value_type = PolicyId)]
     pub policy: String,
     /// Idempotency key: a retry with the same id gets the same decision.
     /// Generated (UUIDv7) when absent. `[A-Za-z0-9_.:-]{1,128}`.
+    #[schema(value_type = Option<EventId>)]
     pub event_id: Option<String>,
-    /// Context features: `{name: number | string | bool | [numbers]}`. Kept
-    /// as the text sent (parsed by [`parse_field`]), which is what the log
-    /// records.
+    /// Context features (default none).
+    // Kept as the text sent (parsed by [`parse_field`]), which is what the
+    // log records.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::Features)]
     pub context: Box<RawValue>,
-    /// Shared-mode policies: the candidate actions with their features.
+    /// Shared-mode policies: the candidate actions with their features, ids
+    /// unique (a repeated id is 400 `duplicate_action`). At most
+    /// `NUDGE_MAX_CANDIDATES` (default 1000; `maxItems` is this server's
+    /// value), else 400 `too_many_candidates`.
     #[serde(default)]
     #[schema(value_type = Vec<ActionSchema>)]
     pub actions: Vec<crate::policy::Candidate<Features>>,
-    /// Arms or candidate ids not to choose this time.
+    /// Arms or candidate ids not to choose this time; each must be an arm
+    /// of the policy or an id in `actions` (else 400 `unknown_action`). At
+    /// most `NUDGE_MAX_CANDIDATES` (default 1000; `maxItems` is this
+    /// server's value), else 400 `too_many_candidates`.
     #[serde(default)]
+    #[schema(value_type = Vec<ActionId>)]
     pub excluded: Vec<String>,
-    /// Slate size (default 1).
+    /// Slate size (default 1): at least 1 and at most the candidates left
+    /// after `excluded` (the policy's arms, or `actions`), and at most
+    /// `NUDGE_MAX_K` (default 100; `maximum` is this server's value); else
+    /// 400 `invalid_field`.
+    #[serde(default, deserialize_with = "super::integer")]
+    #[schema(minimum = 1)]
     pub k: Option<usize>,
     /// Compute now, deliver later: learned only after
     /// `POST /v1/events/{event_id}/activate`.
     #[serde(default)]
     pub defer: bool,
+    /// The user the decision is for: their history feeds the policy's
+    /// guardrails (caps, gaps, quiet hours) and history features.
+    #[schema(value_type = Option<UserId>)]
+    pub user: Option<String>,
+    /// The user's time zone, an IANA name (e.g. `Europe/Paris`), for quiet
+    /// hours in local time; an unknown zone is 400 `invalid_field` naming
+    /// `timezone`.
+    #[schema(pattern = r"^[A-Za-z0-9_.+/-]+$", min_length = 1, max_length = 64)]
+    pub timezone: Option<String>,
 }
 
 fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).expect("`{}` is JSON")
 }
 
-/// A candidate action (schema only).
-#[derive(ToSchema)]
+/// A candidate action (schema only: the request reads
+/// [`crate::policy::Candidate`], which refuses unknown fields too).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ActionSchema {
-    /// The action's id.
+    /// The action's id, unique in the request.
+    #[schema(value_type = ActionId)]
     id: String,
-    /// Its features, as in `context`.
-    #[schema(value_type = Object)]
+    /// Its features, as in `context` (default none).
+    #[serde(default)]
+    #[schema(value_type = super::openapi::Features)]
     features: Features,
 }
 
@@ -66,16 +97,23 @@ pub struct Ranked {
     pub id: String,
     /// For slate positions: the probability of this action at this position
     /// given the positions before it. For the rest: its probability of
-    /// being chosen first.
+    /// being chosen first (0 for an ineligible one).
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub probability: f64,
+    /// Why this candidate was not eligible (absent when it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ExcludedBy>)]
+    pub excluded_by: Option<String>,
 }
 
 /// A decision.
 #[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct DecideResponse {
     /// The event id (echoed or generated).
+    #[schema(value_type = EventId)]
     pub event_id: String,
     /// Policy id.
+    #[schema(value_type = PolicyId)]
     pub policy: String,
     /// The policy definition's version.
     pub policy_version: u32,
@@ -83,13 +121,22 @@ pub struct DecideResponse {
     pub model_version: u64,
     /// The chosen action (slate position 1).
     pub action: String,
-    /// Its propensity: the probability it was chosen with.
+    /// Its propensity: the probability it was chosen with (never 0).
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub probability: f64,
     /// Every candidate: the slate first, in order, then the rest by
     /// decreasing probability.
     pub ranking: Vec<Ranked>,
     /// Whether the decision waits for activation.
     pub deferred: bool,
+    /// When to deliver (RFC 3339, UTC), if not now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub send_at: Option<String>,
+    /// Whether this decision was forced (always present).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub forced: bool,
 }
 
 fn decide_error(e: DecideError) -> ApiError {
@@ -129,9 +176,15 @@ fn check_action_id(id: &str, field: String) -> Result<(), ApiError> {
     request_body = DecideBody,
     responses(
         (status = 200, description = "The decision", body = DecideResponse),
-        (status = 400, description = "Invalid request", body = super::error::ErrorBody),
-        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
-        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 400, description = "A request the policy cannot decide on, `field` naming the culprit: \
+            `invalid_json`, `invalid_body`, `invalid_field`, `invalid_event_id`, `invalid_policy_id`, \
+            `too_many_candidates` (the schema's rules); `invalid_feature`, `no_candidates`, \
+            `duplicate_action`, `unknown_action`, and `invalid_field` for `actions` sent to a \
+            disjoint policy or a `k` above the candidates (the policy's rules, in the descriptions)",
+            body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`: no loaded policy has this id", body = super::error::ErrorBody),
+        (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the model does not fit its policy (a bug, never the request's fault)", body = super::error::ErrorBody),
     )
 )]
 pub async fn decide(
@@ -202,6 +255,8 @@ pub async fn decide(
         probability: decision.propensity(),
         ranking: ranking(&decision, &ids),
         deferred: body.defer,
+        send_at: None,
+        forced: false,
     };
     let response_json = serde_json::to_string(&response)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -332,6 +387,7 @@ fn ranking(decision: &Decision, ids: &[&str]) -> Vec<Ranked> {
         .map(|s| Ranked {
             id: ids[s.index].to_string(),
             probability: s.probability,
+            excluded_by: None,
         })
         .collect();
     let mut rest: Vec<usize> = (0..ids.len())
@@ -341,6 +397,7 @@ fn ranking(decision: &Decision, ids: &[&str]) -> Vec<Ranked> {
     out.extend(rest.into_iter().map(|i| Ranked {
         id: ids[i].to_string(),
         probability: decision.probabilities[i],
+        excluded_by: None,
     }));
     out
 }
