@@ -574,6 +574,8 @@ fn request() -> impl Strategy<Value = Req> {
 /// What came back.
 struct Answer {
     status: u16,
+    /// The `Allow` header, if any.
+    allow: Option<String>,
     body: Vec<u8>,
 }
 
@@ -591,8 +593,16 @@ async fn send(app: &TestApp, req: &Req) -> Answer {
         .await
         .unwrap_or_else(|e| panic!("no answer to {req:?}: {e}"));
     let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
     let body = response.bytes().await.unwrap().to_vec();
-    Answer { status, body }
+    Answer {
+        status,
+        allow,
+        body,
+    }
 }
 
 /// The contract every answer must meet.
@@ -603,6 +613,15 @@ fn check(req: &Req, a: &Answer) -> Result<(), TestCaseError> {
         "{req:?} answered {} {text}",
         a.status
     );
+    if a.status == 405 {
+        // The methods the route has, and never the one just refused.
+        let allow = a.allow.as_deref().unwrap_or("");
+        let methods: Vec<&str> = allow.split(", ").collect();
+        prop_assert!(
+            methods.iter().all(|m| ["GET", "POST"].contains(m)) && !methods.contains(&req.method),
+            "{req:?}: 405 with Allow {allow:?}"
+        );
+    }
     if a.status >= 400 {
         if req.method == "HEAD" {
             return Ok(()); // no body, by HTTP's definition

@@ -9,7 +9,10 @@
 
 mod value;
 
-pub use value::{FeatureRef, FeatureSource, FeatureValue, Features};
+pub use value::{
+    FeatureRef, FeatureSource, FeatureValue, Features, MAX_FEATURES, MAX_NAME_LEN, MAX_STRING_LEN,
+    MAX_VECTOR_LEN,
+};
 
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;

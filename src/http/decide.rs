@@ -1,6 +1,7 @@
 //! `POST /v1/decide`: one action, or a ranked slate, with its propensities.
 
 use super::error::ApiError;
+use super::openapi::{ActionId, EventId, PolicyId, UserId};
 use super::{AppState, check_event_id, parse_field, parse_json, read_body};
 use crate::features::Features;
 use crate::policy::DecideError;
@@ -12,41 +13,62 @@ use serde_json::value::RawValue;
 use std::time::Instant;
 use utoipa::ToSchema;
 
-/// A decision request.
+/// A decision request. Which fields a policy needs is the policy's: a
+/// disjoint policy (fixed arms) takes no `actions` (400 `invalid_field`), a
+/// shared one needs at least one (400 `no_candidates`); see
+/// `GET /v1/policies/{id}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideBody {
-    /// Policy id.
+    /// The policy that decides.
+    #[schema(value_type = PolicyId)]
     pub policy: String,
     /// Idempotency key: a retry with the same id gets the same decision.
     /// Generated (UUIDv7) when absent. `[A-Za-z0-9_.:-]{1,128}`.
+    #[schema(value_type = Option<EventId>)]
     pub event_id: Option<String>,
-    /// Context features: `{name: number | string | bool | [numbers]}`. Kept
-    /// as the text sent (parsed by [`parse_field`]), which is what the log
-    /// records.
+    /// Context features (default none).
+    // Kept as the text sent (parsed by [`parse_field`]), which is what the
+    // log records.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::Features)]
     pub context: Box<RawValue>,
-    /// Shared-mode policies: the candidate actions with their features.
+    /// Shared-mode policies: the candidate actions with their features, ids
+    /// unique (a repeated id is 400 `duplicate_action`). At most
+    /// `NUDGE_MAX_CANDIDATES` (default 1000; `maxItems` is this server's
+    /// value), else 400 `too_many_candidates`.
     #[serde(default)]
     #[schema(value_type = Vec<ActionSchema>)]
     pub actions: Vec<crate::policy::Candidate<Features>>,
-    /// Arms or candidate ids not to choose this time.
+    /// Arms or candidate ids not to choose this time; each must be an arm
+    /// of the policy or an id in `actions` (else 400 `unknown_action`). At
+    /// most `NUDGE_MAX_CANDIDATES` (default 1000; `maxItems` is this
+    /// server's value), else 400 `too_many_candidates`.
     #[serde(default)]
+    #[schema(value_type = Vec<ActionId>)]
     pub excluded: Vec<String>,
-    /// Slate size (default 1).
+    /// Slate size (default 1): at least 1 and at most the candidates left
+    /// after `excluded` (the policy's arms, or `actions`), and at most
+    /// `NUDGE_MAX_K` (default 100; `maximum` is this server's value); else
+    /// 400 `invalid_field`.
+    #[serde(default, deserialize_with = "super::integer")]
+    #[schema(minimum = 1)]
     pub k: Option<usize>,
     /// Compute now, deliver later: learned only after
     /// `POST /v1/events/{event_id}/activate` (and, for a send of a policy
-    /// with guardrails, counted against caps and budgets then).
+    /// with guardrails, counted against its caps and budgets then).
     #[serde(default)]
     pub defer: bool,
-    /// The user the decision is for: the policy's guardrails (caps, gap,
-    /// recovery, history features) apply to this user's history.
-    /// `[A-Za-z0-9_.:-]{1,128}`.
+    /// The user the decision is for: their history feeds the policy's
+    /// guardrails (caps, gap, recovery, budgets) and history features; a
+    /// policy with `require_user` answers 400 naming `user` without it.
+    #[schema(value_type = Option<UserId>)]
     pub user: Option<String>,
-    /// The user's IANA time zone (e.g. `Europe/Berlin`) for quiet hours and
-    /// local delivery slots; default: the policy's `default_timezone`.
+    /// The user's time zone, an IANA name (e.g. `Europe/Paris`), for quiet
+    /// hours and delivery slots in local time (default: the policy's
+    /// `default_timezone`); an unknown zone is 400 `invalid_field` naming
+    /// `timezone`.
+    #[schema(pattern = r"^[A-Za-z0-9_.+/-]+$", min_length = 1, max_length = 64)]
     pub timezone: Option<String>,
 }
 
@@ -54,14 +76,18 @@ fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).expect("`{}` is JSON")
 }
 
-/// A candidate action (schema only).
-#[derive(ToSchema)]
+/// A candidate action (schema only: the request reads
+/// [`crate::policy::Candidate`], which refuses unknown fields too).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ActionSchema {
-    /// The action's id.
+    /// The action's id, unique in the request.
+    #[schema(value_type = ActionId)]
     id: String,
-    /// Its features, as in `context`.
-    #[schema(value_type = Object)]
+    /// Its features, as in `context` (default none).
+    #[serde(default)]
+    #[schema(value_type = super::openapi::Features)]
     features: Features,
 }
 
@@ -104,9 +130,17 @@ fn check_action_id(id: &str, field: String) -> Result<(), ApiError> {
     request_body = DecideBody,
     responses(
         (status = 200, description = "The decision", body = DecideResponse),
-        (status = 400, description = "Invalid request", body = super::error::ErrorBody),
-        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
-        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 400, description = "A request the policy cannot decide on, `field` naming the culprit: \
+            `invalid_json`, `invalid_body`, `invalid_field`, `invalid_event_id`, `invalid_policy_id`, \
+            `too_many_candidates` (the schema's rules); `invalid_feature`, `no_candidates`, \
+            `duplicate_action`, `unknown_action`, and `invalid_field` for `actions` sent to a \
+            disjoint policy or a `k` above the candidates (the policy's rules, in the descriptions); \
+            `invalid_field` for an unknown `timezone`, a missing `user` where the policy requires one, or a \
+            history feature sent in `context`",
+            body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`: no loaded policy has this id", body = super::error::ErrorBody),
+        (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
+        (status = 500, description = "`internal`: the model does not fit its policy (a bug, never the request's fault)", body = super::error::ErrorBody),
     )
 )]
 pub async fn decide(

@@ -6,7 +6,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 /// Alive: the process answers.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", content_type = "application/json")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -16,8 +16,8 @@ pub async fn healthz() -> HttpResponse {
 /// `"ready"` or `"degraded"` with the reasons: a degraded replica still
 /// decides correctly (from its last model), so it must stay in rotation.
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "Ready or degraded, with reasons"),
-    (status = 503, description = "Draining after SIGTERM"),
+    (status = 200, description = "`ready`, or `degraded` with the reasons (a degraded replica still decides)", content_type = "application/json"),
+    (status = 503, description = "`draining` after SIGTERM: take the replica out of rotation", content_type = "application/json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.draining.load(Ordering::Relaxed) {
@@ -66,7 +66,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.metrics;
     m.log_queue_depth.set(state.log.queue_depth() as i64);

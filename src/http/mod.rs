@@ -13,7 +13,8 @@ pub mod reward;
 
 use crate::runtime::PolicyRuntime;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, Resource, Route, web};
 use error::ApiError;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -152,11 +153,51 @@ fn tracked_error(
     }
 }
 
-/// Event ids: 1 to 128 characters of `[A-Za-z0-9_.:-]` — safe in keys,
-/// logs and URLs.
+/// Deserialises an optional count from a JSON number with an integral
+/// value, `2` or `2.0` alike (JSON Schema's `integer` admits both), or null.
+/// A fraction, a negative number or one beyond `usize` is an error.
+pub fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(n) = <Option<serde_json::Number> as serde::Deserialize>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let value = match n.as_u64() {
+        Some(u) => usize::try_from(u).ok(),
+        // Exact below 2^53; a larger integral float is larger than any
+        // limit anyway, and saturates.
+        None => n
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as usize),
+    };
+    value.map(Some).ok_or_else(|| {
+        let unexpected = match n.as_i64() {
+            Some(i) => Unexpected::Signed(i),
+            None => Unexpected::Float(n.as_f64().unwrap_or(f64::NAN)),
+        };
+        D::Error::invalid_value(unexpected, &"a non-negative integer")
+    })
+}
+
+/// Longest event id (body or path), in characters.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+/// The characters of an event id, as the OpenAPI document states them
+/// (with `minLength` 1 and `maxLength` [`MAX_EVENT_ID_LEN`]).
+pub const EVENT_ID_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
+/// Longest policy id (body or path), in characters.
+pub const MAX_POLICY_ID_LEN: usize = 64;
+/// The characters of a policy id, as the OpenAPI document states them
+/// (with `minLength` 1 and `maxLength` [`MAX_POLICY_ID_LEN`]).
+pub const POLICY_ID_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+/// Longest action id (a candidate's, or one named by `excluded` or a
+/// reward's `action`), in UTF-8 bytes.
+pub const MAX_ACTION_ID_LEN: usize = 256;
+
+/// Event ids: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]` —
+/// safe in keys, logs and URLs.
 pub fn check_event_id(id: &str, field: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_EVENT_ID_LEN
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
@@ -171,10 +212,10 @@ pub fn check_event_id(id: &str, field: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Policy ids, as policy files define them: 1 to 64 characters of
-/// `[A-Za-z0-9_.-]`.
+/// Policy ids, as policy files define them: 1 to [`MAX_POLICY_ID_LEN`]
+/// characters of `[A-Za-z0-9_.-]`.
 pub fn check_policy_id(id: &str, field: &str) -> Result<(), ApiError> {
-    if crate::policy::spec::is_valid_id(id, 64) {
+    if crate::policy::spec::is_valid_id(id, MAX_POLICY_ID_LEN) {
         Ok(())
     } else {
         Err(ApiError::field(
@@ -186,75 +227,81 @@ pub fn check_policy_id(id: &str, field: &str) -> Result<(), ApiError> {
 }
 
 /// Wires every route. Unknown routes and wrong methods answer the JSON
-/// error shape too. Every resource but the health checks is wrapped in
-/// [`auth::Require`], with the role [`auth::ROUTE_ROLES`] gives it.
+/// error shape too; a wrong method is 405 with `Allow` naming the methods
+/// the resource has (see [`resource`]). Every resource but the health
+/// checks is wrapped in [`auth::Require`], with the role
+/// [`auth::ROUTE_ROLES`] gives it.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let method = || web::to(method_not_allowed);
-    cfg.service(
-        web::resource("/v1/decide")
-            .wrap(auth::Require::route("/v1/decide"))
-            .route(web::post().to(decide::decide))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/reward")
-            .wrap(auth::Require::route("/v1/reward"))
-            .route(web::post().to(reward::reward))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/events/{event_id}/activate")
-            .wrap(auth::Require::route("/v1/events/{event_id}/activate"))
-            .route(web::post().to(reward::activate))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/policies")
-            .wrap(auth::Require::route("/v1/policies"))
-            .route(web::get().to(policies::list))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/policies/{id}")
-            .wrap(auth::Require::route("/v1/policies/{id}"))
-            .route(web::get().to(policies::describe))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/policies/{id}/snapshot")
-            .wrap(auth::Require::route("/v1/policies/{id}/snapshot"))
-            .route(web::get().to(policies::snapshot))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/v1/policies/{id}/reset")
-            .wrap(auth::Require::route("/v1/policies/{id}/reset"))
-            .route(web::post().to(policies::reset))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/healthz")
-            .route(web::get().to(health::healthz))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(health::readyz))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/metrics")
-            .wrap(auth::Require::route("/metrics"))
-            .route(web::get().to(health::metrics))
-            .default_service(method()),
-    )
-    .service(
-        web::resource("/openapi.json")
-            .wrap(auth::Require::route("/openapi.json"))
-            .route(web::get().to(openapi::document))
-            .default_service(method()),
-    )
+    use actix_web::http::Method;
+    let guarded = |path: &str, methods: Vec<(Method, Route)>| {
+        resource(path, methods).wrap(auth::Require::route(path))
+    };
+    cfg.service(guarded(
+        "/v1/decide",
+        vec![(Method::POST, web::to(decide::decide))],
+    ))
+    .service(guarded(
+        "/v1/reward",
+        vec![(Method::POST, web::to(reward::reward))],
+    ))
+    .service(guarded(
+        "/v1/events/{event_id}/activate",
+        vec![(Method::POST, web::to(reward::activate))],
+    ))
+    .service(guarded(
+        "/v1/policies",
+        vec![(Method::GET, web::to(policies::list))],
+    ))
+    .service(guarded(
+        "/v1/policies/{id}",
+        vec![(Method::GET, web::to(policies::describe))],
+    ))
+    .service(guarded(
+        "/v1/policies/{id}/snapshot",
+        vec![(Method::GET, web::to(policies::snapshot))],
+    ))
+    .service(guarded(
+        "/v1/policies/{id}/reset",
+        vec![(Method::POST, web::to(policies::reset))],
+    ))
+    .service(resource(
+        "/healthz",
+        vec![(Method::GET, web::to(health::healthz))],
+    ))
+    .service(resource(
+        "/readyz",
+        vec![(Method::GET, web::to(health::readyz))],
+    ))
+    .service(guarded(
+        "/metrics",
+        vec![(Method::GET, web::to(health::metrics))],
+    ))
+    .service(guarded(
+        "/openapi.json",
+        vec![(Method::GET, web::to(openapi::document))],
+    ))
     .default_service(web::to(not_found));
+}
+
+/// The resource at `path` with its routes, each method named once: the
+/// same list guards the handlers and makes the `Allow` header of the 405
+/// that any other method gets (`HEAD` and `OPTIONS` included: they are not
+/// routes of their own).
+fn resource(path: &str, routes: Vec<(actix_web::http::Method, Route)>) -> Resource {
+    let allow = routes
+        .iter()
+        .map(|(method, _)| method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let allow = HeaderValue::from_str(&allow).expect("method names are header-safe");
+    let mut resource = web::resource(path);
+    for (method, route) in routes {
+        resource = resource.route(route.method(method));
+    }
+    resource.default_service(web::to(move |req: HttpRequest| {
+        let allow = allow.clone();
+        async move { method_not_allowed(&req, allow) }
+    }))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -265,10 +312,18 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     ))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::new(
+/// 405 `method_not_allowed`, with `Allow` listing the resource's methods.
+fn method_not_allowed(req: &HttpRequest, allow: HeaderValue) -> HttpResponse {
+    let mut response = actix_web::ResponseError::error_response(&ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+        format!(
+            "{} is not allowed on {}; allowed: {}",
+            req.method(),
+            req.path(),
+            allow.to_str().unwrap_or_default()
+        ),
+    ));
+    response.headers_mut().insert(header::ALLOW, allow);
+    response
 }

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::PolicyId;
 use crate::features::{FeatureDef, FeatureKind};
 use crate::policy::Mode;
 use crate::runtime::PolicyRuntime;
@@ -45,7 +46,9 @@ fn feature(side: &str, f: &FeatureDef) -> Value {
 }
 
 /// `GET /v1/policies`: every live policy.
-#[utoipa::path(get, path = "/v1/policies", responses((status = 200, description = "Policies")))]
+#[utoipa::path(get, path = "/v1/policies", responses(
+    (status = 200, description = "`{\"policies\": [...]}`: every loaded policy with its model version", content_type = "application/json"),
+))]
 pub async fn list(state: web::Data<AppState>) -> HttpResponse {
     let all: Vec<Value> = state.policies.values().map(|rt| summary(rt)).collect();
     HttpResponse::Ok().json(json!({ "policies": all }))
@@ -68,10 +71,11 @@ async fn synced(state: &AppState, id: &str) -> Result<(Arc<PolicyRuntime>, bool)
 #[utoipa::path(
     get,
     path = "/v1/policies/{id}/snapshot",
-    params(("id" = String, Path, description = "Policy id")),
+    params(("id" = PolicyId, Path, description = "Policy id")),
     responses(
         (status = 200, description = "NDGM snapshot blob", content_type = "application/octet-stream"),
-        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
+        (status = 400, description = "`invalid_policy_id`: not 1 to 64 characters of `[A-Za-z0-9_.-]`", body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`", body = super::error::ErrorBody),
     )
 )]
 pub async fn snapshot(
@@ -96,10 +100,11 @@ pub async fn snapshot(
 #[utoipa::path(
     get,
     path = "/v1/policies/{id}",
-    params(("id" = String, Path, description = "Policy id")),
+    params(("id" = PolicyId, Path, description = "Policy id")),
     responses(
-        (status = 200, description = "The policy and its live statistics"),
-        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
+        (status = 200, description = "The policy and its live statistics", content_type = "application/json"),
+        (status = 400, description = "`invalid_policy_id`: not 1 to 64 characters of `[A-Za-z0-9_.-]`", body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`", body = super::error::ErrorBody),
     )
 )]
 pub async fn describe(
@@ -155,10 +160,12 @@ pub async fn describe(
 #[utoipa::path(
     post,
     path = "/v1/policies/{id}/reset",
-    params(("id" = String, Path, description = "Policy id")),
+    params(("id" = PolicyId, Path, description = "Policy id")),
     responses(
-        (status = 200, description = "Reset"),
-        (status = 404, description = "Unknown policy", body = super::error::ErrorBody),
+        (status = 200, description = "Reset: `{\"id\", \"model_version\"}`", content_type = "application/json"),
+        (status = 400, description = "`invalid_policy_id`: not 1 to 64 characters of `[A-Za-z0-9_.-]`", body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`", body = super::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`: the model store failed; retry", body = super::error::ErrorBody),
     )
 )]
 pub async fn reset(

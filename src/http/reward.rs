@@ -1,6 +1,7 @@
 //! `POST /v1/reward` and `POST /v1/events/{event_id}/activate`.
 
 use super::error::ApiError;
+use super::openapi::{AcceptedStatus, ActionId, EventId, PolicyId, SignalValue};
 use super::{AppState, check_event_id, parse_json, read_body, unavailable};
 use crate::log::{ActivationRow, LogRecord};
 use crate::policy::RewardError;
@@ -17,19 +18,31 @@ use std::time::Instant;
 use utoipa::ToSchema;
 
 /// A reward for an earlier decision: a number, or named outcome signals
-/// that the policy's reward function turns into one.
+/// that the policy's reward function turns into one. Exactly one of the
+/// two.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardBody {
     /// The decision's event id.
+    #[schema(value_type = EventId)]
     pub event_id: String,
-    /// The reward (exclusive with `signals`).
+    /// The reward (exclusive with `signals`): within the policy's `min` and
+    /// `max` (`GET /v1/policies/{id}`, `reward`), which are never wider than
+    /// ±1e12 (the schema's bounds); outside is 400 `reward_out_of_range`.
     pub reward: Option<f64>,
-    /// Named signals, e.g. `{"opened": 1, "dwell_seconds": 12.5}`.
+    /// Named signals (exclusive with `reward`), e.g. `{"opened": 1,
+    /// "dwell_seconds": 12.5}`: each a signal the policy's reward function
+    /// declares (else 400 `unknown_signal`), whose weighted sum must lie in
+    /// the policy's range (else 400 `reward_out_of_range`).
+    #[schema(value_type = Option<BTreeMap<String, SignalValue>>)]
     pub signals: Option<BTreeMap<String, f64>>,
-    /// For slates: which ranked action is rewarded (default: the first).
+    /// For slates: which ranked action is rewarded (default: the first);
+    /// one of the decision's slate (else 400 `unknown_action`).
+    #[schema(value_type = Option<ActionId>)]
     pub action: Option<String>,
-    /// The policy, if the caller knows it (saves a lookup).
+    /// The policy, if the caller knows it (saves a lookup); naming another
+    /// policy than the event's is 404 `unknown_event`.
+    #[schema(value_type = Option<PolicyId>)]
     pub policy: Option<String>,
 }
 
@@ -37,10 +50,13 @@ pub struct RewardBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     /// The event id.
+    #[schema(value_type = EventId)]
     pub event_id: String,
     /// `learned` (applied now), `accumulated` (summed until the window
-    /// closes), `activated`, or `queued` (the model store is unavailable:
-    /// kept in the outbox and applied, in order, when it answers again).
+    /// closes), `duplicate` (this very reward was applied before),
+    /// `activated`, or `queued` (the model store is unavailable: kept in the
+    /// outbox and applied, in order, when it answers again).
+    #[schema(value_type = AcceptedStatus)]
     pub status: String,
 }
 
@@ -117,11 +133,15 @@ fn value_of(
     path = "/v1/reward",
     request_body = RewardBody,
     responses(
-        (status = 202, description = "Accepted: learned, accumulated, or queued while the store is unavailable", body = Accepted),
-        (status = 400, description = "Invalid reward", body = super::error::ErrorBody),
-        (status = 404, description = "Unknown or expired event", body = super::error::ErrorBody),
-        (status = 409, description = "Already rewarded, or not activated", body = super::error::ErrorBody),
-        (status = 503, description = "Model store unavailable and the outbox cannot be written", body = super::error::ErrorBody),
+        (status = 202, description = "Accepted: `learned`, `accumulated`, `duplicate`, or `queued` while the store is unavailable", body = Accepted),
+        (status = 400, description = "An invalid reward, `field` naming the culprit: `invalid_json`, `invalid_body`, \
+            `invalid_field`, `invalid_event_id`, `invalid_policy_id` (the schema's rules); `unknown_signal`, \
+            `reward_out_of_range`, `unknown_action` (the policy's and the decision's)",
+            body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_event` (never decided, window closed, forgotten, or another policy's) or `unknown_policy`", body = super::error::ErrorBody),
+        (status = 409, description = "`already_rewarded` (aggregation `first`), or `not_activated` (a deferred decision)", body = super::error::ErrorBody),
+        (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`: the model store failed and the outbox cannot take the reward", body = super::error::ErrorBody),
     )
 )]
 pub async fn reward(
@@ -276,6 +296,7 @@ fn not_activated() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct ActivateBody {
     /// The policy, if the caller knows it.
+    #[schema(value_type = Option<PolicyId>)]
     pub policy: Option<String>,
 }
 
@@ -283,14 +304,16 @@ pub struct ActivateBody {
 #[utoipa::path(
     post,
     path = "/v1/events/{event_id}/activate",
-    params(("event_id" = String, Path, description = "The deferred decision's event id")),
-    request_body(content = ActivateBody, description = "Optional"),
+    params(("event_id" = EventId, Path, description = "The deferred decision's event id")),
+    request_body(content = Option<ActivateBody>, description = "Optional: no body, a blank one, or an `ActivateBody`."),
     responses(
-        (status = 200, description = "Activated (or already active)", body = Accepted),
-        (status = 202, description = "Queued: the model store is unavailable; applied when it returns", body = Accepted),
-        (status = 404, description = "Unknown event", body = super::error::ErrorBody),
-        (status = 409, description = "Not deferred, or activation window over", body = super::error::ErrorBody),
-        (status = 503, description = "Model store unavailable", body = super::error::ErrorBody),
+        (status = 200, description = "`activated` (or already active)", body = Accepted),
+        (status = 202, description = "`queued`: the model store is unavailable; applied when it returns", body = Accepted),
+        (status = 400, description = "`invalid_event_id` (the path), `invalid_json`, `invalid_body`, `invalid_field`, `invalid_policy_id`", body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_event` or `unknown_policy`", body = super::error::ErrorBody),
+        (status = 409, description = "`not_deferred`, or `activation_expired` (the window is over)", body = super::error::ErrorBody),
+        (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`: the model store failed and the outbox cannot take the activation", body = super::error::ErrorBody),
     )
 )]
 pub async fn activate(

@@ -79,13 +79,14 @@ pub struct Ranked {
     /// For slate positions: the probability of this action at this position
     /// given the positions before it. For the rest: its probability of
     /// being chosen first (exactly 0 for an excluded arm).
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub probability: f64,
     /// Why this arm could not be chosen: `excluded` (by the caller), `cap`,
     /// `gap`, `quiet_hours`, `budget`, `recovery`, or `unavailable` (the
     /// user's history could not be read, so sends are held). Absent for
     /// eligible arms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::http::openapi::ExcludedBy>)]
     pub excluded_by: Option<Exclusion>,
 }
 
@@ -93,8 +94,10 @@ pub struct Ranked {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct DecideResponse {
     /// The event id (echoed or generated).
+    #[schema(value_type = crate::http::openapi::EventId)]
     pub event_id: String,
     /// Policy id.
+    #[schema(value_type = crate::http::openapi::PolicyId)]
     pub policy: String,
     /// The policy definition's version.
     pub policy_version: u32,
@@ -102,7 +105,8 @@ pub struct DecideResponse {
     pub model_version: u64,
     /// The chosen action (slate position 1).
     pub action: String,
-    /// Its propensity: the probability it was chosen with.
+    /// Its propensity: the probability it was chosen with (never 0).
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub probability: f64,
     /// Every candidate: the slate first, in order, then the other eligible
     /// ones by decreasing probability, then the excluded ones (probability
@@ -112,6 +116,7 @@ pub struct DecideResponse {
     pub deferred: bool,
     /// The user, echoed (guardrailed policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::UserId>)]
     pub user: Option<String>,
     /// The time zone the guardrails used (guardrailed policies): the
     /// request's, or the policy's default.
@@ -120,9 +125,12 @@ pub struct DecideResponse {
     /// For a send: when to deliver it (RFC 3339, UTC): now, a delivery
     /// slot, or the end of the user's quiet hours; never inside them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub send_at: Option<String>,
-    /// Only the fallback was eligible: it was taken with probability 1.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Only the fallback was eligible (the policy's guardrails allowed no
+    /// send): it was taken with probability 1. Always present.
+    #[serde(default)]
+    #[schema(required = true)]
     pub forced: bool,
 }
 
@@ -506,7 +514,7 @@ fn ranking(
         excluded_by: None,
     }));
     for (arm, id) in all.iter().enumerate() {
-        if decision.candidates.iter().any(|&c| c == arm) {
+        if decision.candidates.contains(&arm) {
             continue;
         }
         let reason = match guarded {
