@@ -37,7 +37,7 @@ max = 3
 per = "24h"
 
 [reward]
-window = "1h"
+window = "24h"
 "#;
 
 /// A budgeted policy without per-user rules.
@@ -358,6 +358,24 @@ async fn caps_and_budgets_are_exact_across_two_replicas() {
     assert!(spent > 0, "later decisions see the budget spent");
     two.stop().await;
     one.stop().await;
+}
+
+/// The embedded store gives the same guarantee to concurrent decides in
+/// one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caps_hold_under_concurrency_on_the_embedded_store() {
+    let mut app = app(Backend::Embedded).await;
+    app.clock.set(noon());
+    let results = join_all((0..80).map(|i| {
+        let mut body = decide(&format!("m{i}"), "erin");
+        body["excluded"] = json!(["send_evening"]);
+        let app = &app;
+        async move { app.post("/v1/decide", &body).await }
+    }))
+    .await;
+    let sends = results.iter().filter(|(_, d)| is_send(d)).count();
+    assert_eq!(sends, 1);
+    app.stop().await;
 }
 
 /// With the store unreachable, sends are held (reason `unavailable`),

@@ -400,7 +400,9 @@ async fn decide_guarded(
         };
         let eligibility = guardrails::eligibility(g, &situation);
         let mut context = input.context.clone();
-        if !g.history.is_empty() && !unavailable {
+        // Without a user or a readable history the features read an empty
+        // one: no sends (counts 0; recency and rates take their defaults).
+        if !g.history.is_empty() {
             let values = guardrails::history_values(g, &spec.id, &history, now_ms);
             for (f, v) in g.history.iter().zip(values) {
                 if let Some(v) = v {

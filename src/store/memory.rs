@@ -459,30 +459,24 @@ impl MemoryStore {
             .map(|e| e.record.response.clone()))
     }
 
+    // Reads do not expire anything: every rule counts only the sends inside
+    // its own window, and reservations forget what is past the retention
+    // (by the decision's clock, not the system's).
     pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
-        let now = chrono::Utc::now().timestamp_millis();
         let inner = self.lock();
-        Ok(match inner.users.get(user) {
-            Some((h, expires)) if *expires > now => h.clone(),
-            // An expired history keeps counting versions up, so a
-            // reservation made on the old one still conflicts.
-            Some((h, _)) => UserHistory {
-                sends: vec![],
-                version: h.version,
-            },
-            None => UserHistory::default(),
-        })
+        Ok(inner
+            .users
+            .get(user)
+            .map(|(h, _)| h.clone())
+            .unwrap_or_default())
     }
 
     pub(super) async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
-        let now = chrono::Utc::now().timestamp_millis();
+        // A window's counter is keyed by its index: an old one is never read.
         let inner = self.lock();
         Ok(slots
             .iter()
-            .map(|b| match inner.budgets.get(&budget_key(b)) {
-                Some((n, expires)) if *expires > now => *n,
-                _ => 0,
-            })
+            .map(|b| inner.budgets.get(&budget_key(b)).map_or(0, |(n, _)| *n))
             .collect())
     }
 
@@ -496,19 +490,11 @@ impl MemoryStore {
         // Everything below happens under one lock: check all, then apply.
         let mut history = match r.user {
             Some(user) => {
-                let (h, expires) = inner
+                let mut h = inner
                     .users
                     .get(user)
-                    .cloned()
-                    .unwrap_or((UserHistory::default(), 0));
-                let mut h = if expires > now {
-                    h
-                } else {
-                    UserHistory {
-                        sends: vec![],
-                        version: h.version,
-                    }
-                };
+                    .map(|(h, _)| h.clone())
+                    .unwrap_or_default();
                 if h.sends.iter().any(|s| s.event_id == r.send.event_id) {
                     return Ok(Reservation::Duplicate);
                 }
@@ -529,18 +515,17 @@ impl MemoryStore {
             }
         };
         for b in r.budgets {
-            if let Some((n, expires)) = inner.budgets.get(&budget_key(b))
-                && *expires > now
+            if let Some((n, _)) = inner.budgets.get(&budget_key(b))
                 && *n >= b.max
             {
                 return Ok(Reservation::BudgetSpent);
             }
         }
         for b in r.budgets {
-            let entry = inner.budgets.entry(budget_key(b)).or_insert((0, 0));
-            if entry.1 <= now {
-                *entry = (0, now + b.ttl_ms);
-            }
+            let entry = inner
+                .budgets
+                .entry(budget_key(b))
+                .or_insert((0, now + b.ttl_ms));
             entry.0 += 1;
             if r.user.is_none() {
                 inner
