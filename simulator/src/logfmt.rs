@@ -11,6 +11,13 @@
 //!  "degraded":false,"reward":1.0,"signals":{"opened":1},"default_reward":false}
 //! ```
 //!
+//! `candidates` lists every arm in arm order; an arm the decision could
+//! not choose has probability 0 and `"excluded_by": "<reason>"` (the
+//! caller's exclusion or a guardrail), so the eligible set is known and
+//! OPE evaluates a target under the same eligibility. Guardrailed
+//! decisions also carry `"guardrails": {"user", "timezone", "forced",
+//! "send_at"}`.
+//!
 //! Field meanings are those of [`nudge::log::DecisionRow`] and
 //! [`nudge::log::RewardRow`]; `reward` is `null` when no reward was logged
 //! (for a policy with `sum` aggregation, it is the sum of its rewards).
@@ -24,8 +31,21 @@ use serde_json::Value;
 pub struct CandidateProb {
     /// Action id.
     pub id: String,
-    /// P(this action chosen) under the logging policy.
+    /// P(this action chosen) under the logging policy (0 for an
+    /// ineligible one).
     pub probability: f64,
+    /// Why the action could not be chosen (`excluded`, `cap`, `gap`,
+    /// `quiet_hours`, `budget`, `recovery`, `unavailable`); absent for an
+    /// eligible action. The eligible set is the candidates without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_by: Option<String>,
+}
+
+impl CandidateProb {
+    /// Whether the logged decision could choose this action.
+    pub fn eligible(&self) -> bool {
+        self.excluded_by.is_none()
+    }
 }
 
 /// One logged decision with its (aggregated) reward.
@@ -72,4 +92,8 @@ pub struct LoggedEvent {
     /// Whether `reward` is the policy's default (no reward in the window).
     #[serde(default)]
     pub default_reward: bool,
+    /// Guardrailed policies: `{"user", "timezone", "forced", "send_at"}`
+    /// (the `decisions.guardrails` column); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<Value>,
 }

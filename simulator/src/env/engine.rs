@@ -4,8 +4,10 @@
 
 use super::dataset::Dataset;
 use super::scenario::{Scenario, Value};
+use super::users::{Population, START_MS, UserState, Users};
 use anyhow::Context as _;
 use nudge::features::FeatureValue;
+use nudge::guardrails::{self, Eligibility, Guardrails, SendRecord, Situation, Tz, UserHistory};
 use nudge::model::LinearModel;
 use nudge::policy::{Algorithm, Candidate, DecideRequest, Decision, Mode, Policy};
 use serde::Serialize;
@@ -48,6 +50,24 @@ pub trait Environment {
     fn reward(&self) -> Option<BTreeMap<String, f64>>;
     /// Fills `round` for round `t`.
     fn round(&self, t: usize, seed: u64, round: &mut Round);
+    /// The users over time (a scenario's `[users]` table), if any.
+    fn users(&self) -> Option<&Users> {
+        None
+    }
+    /// The simulated instant of round `t`, unix ms: `t` seconds after
+    /// 2026-01-01T00:00:00Z, or the users' arrival clock.
+    fn time_ms(&self, t: usize) -> i64 {
+        match self.users() {
+            Some(u) => u.time_ms(t),
+            None => START_MS + 1000 * t as i64,
+        }
+    }
+    /// Fills `round` for round `t` met by a user in `state` (fatigue,
+    /// unsubscribes, local hour); `None`: [`Environment::round`].
+    fn round_for(&self, t: usize, seed: u64, state: Option<&UserState>, round: &mut Round) {
+        let _ = state;
+        self.round(t, seed, round);
+    }
 }
 
 impl Environment for Scenario {
@@ -79,13 +99,19 @@ impl Environment for Scenario {
         self.reward.clone()
     }
     fn round(&self, t: usize, seed: u64, round: &mut Round) {
-        let ctx: Vec<Value> = self.context_at(t, seed);
+        self.round_for(t, seed, None, round);
+    }
+    fn users(&self) -> Option<&Users> {
+        self.users.as_ref()
+    }
+    fn round_for(&self, t: usize, seed: u64, state: Option<&UserState>, round: &mut Round) {
+        let ctx: Vec<Value> = self.context_for(t, seed, state);
         let (k, s) = (self.actions.len(), self.signals.len());
         round.outcomes.resize(k * s, 0.0);
         round.expected.resize(k * s, 0.0);
-        self.outcomes_at(&ctx, t, seed, &mut round.outcomes);
+        self.outcomes_for(&ctx, t, seed, state, &mut round.outcomes);
         for a in 0..k {
-            self.expected(&ctx, a, t, &mut round.expected[a * s..(a + 1) * s]);
+            self.expected_for(&ctx, a, t, state, &mut round.expected[a * s..(a + 1) * s]);
         }
         round.context = self.features(&ctx);
     }
@@ -234,16 +260,33 @@ impl Agent {
         event_id: &str,
         context: &Features,
     ) -> anyhow::Result<Decision> {
+        self.decide_excluding(model, event_id, context, &[])
+    }
+
+    /// [`Agent::decide`] among the arms not in `excluded` (the service's
+    /// way of deciding only among the eligible arms).
+    pub fn decide_excluding(
+        &self,
+        model: &LinearModel,
+        event_id: &str,
+        context: &Features,
+        excluded: &[String],
+    ) -> anyhow::Result<Decision> {
         let req = DecideRequest {
             event_id,
             context,
             actions: &self.candidates,
-            excluded: &[],
+            excluded,
             k: 1,
         };
         self.policy
             .decide(model, &req)
             .with_context(|| format!("policy {}: event {event_id}", self.policy.id()))
+    }
+
+    /// The environment action of policy arm `arm` (disjoint mode).
+    pub fn action_of_arm(&self, arm: usize) -> usize {
+        self.arm_action[arm]
     }
 
     /// The environment action of the candidate at `position`.
@@ -286,6 +329,24 @@ pub struct Step<'a> {
     pub data: &'a Round,
     /// The decision, with every candidate's probability.
     pub decision: &'a Decision,
+    /// The position in `decision.candidates` of the action taken: the
+    /// draw, except when a filter-after-the-fact run replaced an
+    /// ineligible draw by the fallback.
+    pub taken: usize,
+    /// The context the policy decided on: the round's, plus the history
+    /// features the guardrails computed.
+    pub context: &'a Features,
+    /// The simulated instant, unix ms.
+    pub now_ms: i64,
+    /// The user of the round (a scenario with `[users]`).
+    pub user: Option<usize>,
+    /// The user's time zone (guardrailed policies: the user's, or the
+    /// policy's default).
+    pub tz: Option<Tz>,
+    /// What the policy's guardrails allowed (guardrailed policies).
+    pub eligibility: Option<&'a Eligibility>,
+    /// How the guardrails were applied.
+    pub mode: GuardMode,
     /// The environment action chosen.
     pub action: usize,
     /// Its realised reward.
@@ -307,6 +368,47 @@ pub struct RunConfig {
     pub learn: bool,
     /// Learning-curve points (at most; one at the end at least).
     pub curve_points: usize,
+}
+
+/// How a guardrailed policy's rules are applied in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuardMode {
+    /// As the service does: eligibility first, then the policy decides
+    /// among the eligible arms only, so the logged distribution is the one
+    /// the action was drawn from.
+    #[default]
+    Eligible,
+    /// What *not* to do, for comparisons: the policy draws among every arm,
+    /// and a draw the rules forbid is replaced by the fallback afterwards;
+    /// the log keeps the probabilities computed before filtering (which
+    /// are then not the probabilities the actions were taken with).
+    FilterAfter,
+}
+
+/// Options of [`run_policy_with`] beyond [`RunConfig`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// How the guardrails are applied.
+    pub mode: GuardMode,
+}
+
+/// What the users and guardrails did in a run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct UserStats {
+    /// Users in the population (0: no `[users]` table).
+    pub users: usize,
+    /// Users who unsubscribed during the run.
+    pub unsubscribed: usize,
+    /// Sends delivered (scenario send actions to users not gone).
+    pub sends: u64,
+    /// Decisions whose every send was ineligible (the fallback forced).
+    pub forced: u64,
+    /// Arm exclusions by reason (`cap`, `gap`, `quiet_hours`, …), counted
+    /// once per arm and decision.
+    pub exclusions: BTreeMap<String, u64>,
+    /// Decisions where a draw was replaced by the fallback
+    /// ([`GuardMode::FilterAfter`]).
+    pub filtered: u64,
 }
 
 /// A point of a learning curve.
@@ -346,6 +448,9 @@ pub struct PolicyRun {
     pub action_counts: Vec<u64>,
     /// The learning curve.
     pub curve: Vec<CurvePoint>,
+    /// Users and guardrails (when the scenario has users or the policy
+    /// guardrails).
+    pub users: Option<UserStats>,
 }
 
 /// The event id of round `t`: unique per (environment, seed, round), so
@@ -356,18 +461,90 @@ pub fn event_id(env: &dyn Environment, seed: u64, t: usize) -> String {
 
 /// Runs `agent` with `model` for `cfg.horizon` rounds, calling `on_step`
 /// after each decision (before learning from it), and `on_progress` every
-/// few rounds with the rounds done since the last call.
+/// few rounds with the rounds done since the last call. Guardrails, if the
+/// policy has them, are applied as the service applies them.
 pub fn run_policy(
     env: &dyn Environment,
     agent: &Agent,
     model: &mut LinearModel,
     cfg: &RunConfig,
+    on_step: impl FnMut(&Step<'_>) -> anyhow::Result<()>,
+    on_progress: impl FnMut(u64),
+) -> anyhow::Result<PolicyRun> {
+    run_policy_with(
+        env,
+        agent,
+        model,
+        cfg,
+        &RunOptions::default(),
+        on_step,
+        on_progress,
+    )
+}
+
+/// The guardrail state of a run: every user's sends as the store would
+/// keep them, and the budgets' use.
+struct Guard<'a> {
+    g: &'a Guardrails,
+    histories: Vec<UserHistory>,
+    /// Per budget: `(window, sends in it)`.
+    budgets: Vec<(i64, u64)>,
+    empty: UserHistory,
+}
+
+impl Guard<'_> {
+    fn budget_used(&mut self, now_ms: i64) -> Vec<u64> {
+        self.g
+            .budgets
+            .iter()
+            .zip(&mut self.budgets)
+            .map(|(b, (window, used))| {
+                if *window != b.window(now_ms) {
+                    *window = b.window(now_ms);
+                    *used = 0;
+                }
+                *used
+            })
+            .collect()
+    }
+}
+
+/// [`run_policy`] with options (how guardrails are applied).
+pub fn run_policy_with(
+    env: &dyn Environment,
+    agent: &Agent,
+    model: &mut LinearModel,
+    cfg: &RunConfig,
+    opts: &RunOptions,
     mut on_step: impl FnMut(&Step<'_>) -> anyhow::Result<()>,
     mut on_progress: impl FnMut(u64),
 ) -> anyhow::Result<PolicyRun> {
     let k = env.actions().len();
     let s = env.signals().len();
     let spec = agent.policy.spec();
+    let users = env.users();
+    let mut population = users.map(|u| Population::new(u, cfg.seed));
+    let mut guard = spec.guardrails.as_ref().map(|g| Guard {
+        g,
+        histories: vec![UserHistory::default(); users.map_or(0, |u| u.count)],
+        budgets: vec![(i64::MIN, 0); g.budgets.len()],
+        empty: UserHistory::default(),
+    });
+    if let Some(g) = &guard
+        && g.g.require_user
+        && users.is_none()
+    {
+        anyhow::bail!(
+            "policy {}'s guardrails require a user, and {} has no [users] table",
+            spec.id,
+            env.name()
+        );
+    }
+    let mut stats = (users.is_some() || guard.is_some()).then(|| UserStats {
+        users: users.map_or(0, |u| u.count),
+        ..UserStats::default()
+    });
+    let unsubscribe_signal = users.and_then(|u| u.unsubscribe.as_ref().map(|x| x.signal));
     let mut out = PolicyRun {
         policy: spec.id.clone(),
         algorithm: spec.algorithm.name().to_string(),
@@ -380,16 +557,83 @@ pub fn run_policy(
         signal_expected: vec![0.0; s],
         action_counts: vec![0; k],
         curve: Vec::new(),
+        users: None,
     };
     let every = cfg.horizon.div_ceil(cfg.curve_points.max(1)).max(1);
     let mut round = Round::default();
     let mut last_progress = 0;
     for t in 0..cfg.horizon {
-        env.round(t, cfg.seed, &mut round);
+        let now_ms = env.time_ms(t);
+        let (user, state) = match (users, population.as_mut()) {
+            (Some(spec_u), Some(pop)) => {
+                let u = pop.user_at(spec_u, t, cfg.seed, now_ms);
+                (Some(u), Some(pop.state(spec_u, u, now_ms)))
+            }
+            _ => (None, None),
+        };
+        env.round_for(t, cfg.seed, state.as_ref(), &mut round);
         let event = event_id(env, cfg.seed, t);
-        let decision = agent.decide(model, &event, &round.context)?;
-        let chosen = decision.chosen();
-        let action = agent.action_of(&decision, chosen);
+        let mut context = round.context.clone();
+        let mut tz = None;
+        let eligibility = match guard.as_mut() {
+            Some(guard) => {
+                let zone = match (user, population.as_ref(), users) {
+                    (Some(u), Some(pop), Some(us)) => pop.tz(us, u),
+                    _ => guard.g.default_tz,
+                };
+                tz = Some(zone);
+                let used = guard.budget_used(now_ms);
+                let history = match user {
+                    Some(u) => &guard.histories[u],
+                    None => &guard.empty,
+                };
+                let situation = Situation {
+                    policy: &spec.id,
+                    now_ms,
+                    tz: zone,
+                    history: user.map(|_| history),
+                    budget_used: &used,
+                    unavailable: false,
+                    excluded: &[],
+                };
+                let e = guardrails::eligibility(guard.g, &situation);
+                if !guard.g.history.is_empty() {
+                    let values = guardrails::history_values(guard.g, &spec.id, history, now_ms);
+                    for (f, v) in guard.g.history.iter().zip(values) {
+                        if let Some(v) = v {
+                            context.push((f.name.clone(), FeatureValue::Number(v)));
+                        }
+                    }
+                }
+                Some(e)
+            }
+            None => None,
+        };
+        let ineligible: Vec<String> = match (&eligibility, opts.mode) {
+            (Some(e), GuardMode::Eligible) => e
+                .reasons
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_some())
+                .map(|(i, _)| spec.arms[i].clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let decision = agent.decide_excluding(model, &event, &context, &ineligible)?;
+        let mut taken = decision.chosen();
+        let mut filtered = false;
+        if let (Some(e), GuardMode::FilterAfter, Some(g)) =
+            (&eligibility, opts.mode, spec.guardrails.as_ref())
+            && !e.is_eligible(decision.candidates[taken])
+        {
+            taken = decision
+                .candidates
+                .iter()
+                .position(|&c| c == g.fallback)
+                .expect("every arm is a candidate");
+            filtered = true;
+        }
+        let action = agent.action_of(&decision, taken);
         let reward = agent.reward_of(&round.outcomes, action);
         let expected_reward = agent.reward_of(&round.expected, action);
         let best_expected = (0..k)
@@ -400,15 +644,72 @@ pub fn run_policy(
             event_id: &event,
             data: &round,
             decision: &decision,
+            taken,
+            context: &context,
+            now_ms,
+            user,
+            tz,
+            eligibility: eligibility.as_ref(),
+            mode: opts.mode,
             action,
             reward,
             expected_reward,
             best_expected,
         })?;
+        // The policy's history, as the store keeps it: a send is counted
+        // when it is decided (the service reserves it then), at its
+        // delivery time; its outcome is noted when the reward comes in.
+        let arm = decision.candidates[taken];
+        let mut delivered_at = now_ms;
+        if let (Some(guard), Some(e)) = (guard.as_mut(), &eligibility) {
+            if let Some(st) = stats.as_mut() {
+                for r in e.reasons.iter().flatten() {
+                    *st.exclusions.entry(r.name().to_string()).or_default() += 1;
+                }
+                st.forced += u64::from(e.forced);
+                st.filtered += u64::from(filtered);
+            }
+            let at = e.send_at[arm];
+            if let Some(at) = at {
+                delivered_at = at;
+                for ((_, used), _) in guard.budgets.iter_mut().zip(&guard.g.budgets) {
+                    *used += 1;
+                }
+                if let Some(u) = user {
+                    let h = &mut guard.histories[u];
+                    h.forget_before(now_ms - guard.g.retention_ms());
+                    h.push(SendRecord {
+                        event_id: event.clone(),
+                        at_ms: at,
+                        policy: spec.id.clone(),
+                        arm: spec.arms[arm].clone(),
+                        groups: guard.g.groups.clone(),
+                        outcome: None,
+                    });
+                    h.set_outcome(&event, reward);
+                }
+            }
+        }
+        // The world's view: the user receives the send (fatigue) and may
+        // unsubscribe.
+        if let (Some(us), Some(pop), Some(u), Some(st)) =
+            (users, population.as_mut(), user, stats.as_mut())
+            && us.sends[action]
+            && !pop.users[u].gone
+        {
+            st.sends += 1;
+            pop.users[u].sends.push(delivered_at);
+            if let Some(j) = unsubscribe_signal
+                && round.outcomes[action * s + j] > 0.0
+            {
+                pop.users[u].gone = true;
+                st.unsubscribed += 1;
+            }
+        }
         if cfg.learn {
             agent
                 .policy
-                .learn(model, &decision, chosen, reward)
+                .learn(model, &decision, taken, reward)
                 .with_context(|| {
                     format!(
                         "policy {}: round {t}: cannot learn reward {reward}",
@@ -438,5 +739,6 @@ pub fn run_policy(
         }
     }
     out.regret = out.oracle_reward - out.expected_reward;
+    out.users = stats;
     Ok(out)
 }

@@ -19,6 +19,8 @@
 //! - [`truth`]: a fixed policy's true value in a scenario, from the hidden
 //!   models (exact over a finite context support).
 //! - [`report`]: summary table, JSON and learning-curve plot.
+//! - [`users`]: users over time (a scenario's `[users]`: time zones,
+//!   active hours, fatigue, unsubscribes).
 //! - [`rounds`]: per-round seeding (reproducibility, common random
 //!   numbers across policies).
 
@@ -28,9 +30,13 @@ pub mod report;
 pub mod rounds;
 pub mod scenario;
 pub mod truth;
+pub mod users;
 
 pub use dataset::{Dataset, load_dataset};
-pub use engine::{Agent, Environment, PolicyRun, RunConfig, Step, run_policy};
+pub use engine::{
+    Agent, Environment, GuardMode, PolicyRun, RunConfig, RunOptions, Step, UserStats, run_policy,
+    run_policy_with,
+};
 pub use scenario::{Scenario, load_scenario, parse_scenario};
 
 use crate::logfmt::{CandidateProb, LoggedEvent};
@@ -87,7 +93,7 @@ pub struct Args {
 /// The world of a run.
 pub enum World {
     /// A synthetic scenario.
-    Scenario(Scenario),
+    Scenario(Box<Scenario>),
     /// A full-feedback dataset.
     Dataset(Dataset),
 }
@@ -97,7 +103,7 @@ impl World {
     pub fn load(path: &Path) -> anyhow::Result<World> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("csv") => Ok(World::Dataset(load_dataset(path)?)),
-            Some("toml") => Ok(World::Scenario(load_scenario(path)?)),
+            Some("toml") => Ok(World::Scenario(Box::new(load_scenario(path)?))),
             _ => anyhow::bail!(
                 "{}: expected a scenario (.toml) or a full-feedback dataset (.csv)",
                 path.display()
@@ -108,7 +114,7 @@ impl World {
     /// As an environment.
     pub fn env(&self) -> &dyn Environment {
         match self {
-            World::Scenario(s) => s,
+            World::Scenario(s) => s.as_ref(),
             World::Dataset(d) => d,
         }
     }
@@ -165,14 +171,27 @@ pub fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// The synthetic clock: round `t` is decided `t` seconds after
-/// 2026-01-01T00:00:00Z, so logs are reproducible to the byte.
+/// The synthetic clock of a scenario without users: round `t` is decided
+/// `t` seconds after 2026-01-01T00:00:00Z, so logs are reproducible to the
+/// byte (see [`Environment::time_ms`]).
 pub fn decided_at(t: usize) -> DateTime<Utc> {
     let start = DateTime::from_timestamp(1_767_225_600, 0).expect("valid epoch");
     start + TimeDelta::seconds(t as i64)
 }
 
-/// The log line of one step.
+/// The instant `ms` (unix ms) as a time.
+pub fn time_of(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The log line of one step, as the service logs a decision: every arm (or
+/// candidate action) in order, an ineligible one with probability 0 and
+/// why (`excluded_by`); the context the policy saw (with the history
+/// features); for a guardrailed policy the `guardrails` column.
+///
+/// In a [`GuardMode::FilterAfter`] run the line is what a system that
+/// filters after the fact logs: the pre-filter distribution over every arm,
+/// no eligibility, and the taken action with its pre-filter probability.
 pub fn logged_event(
     env: &dyn Environment,
     agent: &Agent,
@@ -181,14 +200,33 @@ pub fn logged_event(
 ) -> LoggedEvent {
     let spec = agent.policy.spec();
     let d = step.decision;
-    let name_of = |pos: usize| -> String {
-        match spec.mode {
-            Mode::Disjoint => spec.arms[d.candidates[pos]].clone(),
-            Mode::Shared => env.actions()[d.candidates[pos]].clone(),
-        }
+    let all: Vec<String> = match spec.mode {
+        Mode::Disjoint => spec.arms.clone(),
+        Mode::Shared => env.actions(),
     };
+    let eligible_mode = step.mode == GuardMode::Eligible;
+    let candidates = all
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match d.candidates.iter().position(|&c| c == i) {
+            Some(pos) => CandidateProb {
+                id: id.clone(),
+                probability: d.probabilities[pos],
+                excluded_by: None,
+            },
+            None => CandidateProb {
+                id: id.clone(),
+                probability: 0.0,
+                excluded_by: Some(
+                    step.eligibility
+                        .and_then(|e| e.reasons.get(i).copied().flatten())
+                        .map_or("excluded", |r| r.name())
+                        .to_string(),
+                ),
+            },
+        })
+        .collect();
     let context: serde_json::Map<String, serde_json::Value> = step
-        .data
         .context
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
@@ -219,30 +257,43 @@ pub fn logged_event(
             )
         })
         .collect();
-    let chosen = d.chosen();
+    let taken = step.taken;
+    let arm = d.candidates[taken];
+    let guardrails = match (step.eligibility, eligible_mode) {
+        (Some(e), true) => Some(serde_json::json!({
+            "user": step.user.map(user_id),
+            "timezone": step.tz.map(|z| z.name()),
+            "forced": e.forced,
+            "send_at": e.send_at.get(arm).copied().flatten().map(|ms| {
+                time_of(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+        })),
+        _ => None,
+    };
     LoggedEvent {
         event_id: step.event_id.to_string(),
         policy: spec.id.clone(),
         policy_version: i32::try_from(spec.version).unwrap_or(i32::MAX),
         model_version: i64::try_from(d.model_version).unwrap_or(i64::MAX),
-        decided_at: decided_at(step.round),
+        decided_at: time_of(step.now_ms),
         context: serde_json::Value::Object(context),
         actions,
-        candidates: (0..d.candidates.len())
-            .map(|pos| CandidateProb {
-                id: name_of(pos),
-                probability: d.probabilities[pos],
-            })
-            .collect(),
-        action: name_of(chosen),
-        probability: d.propensity(),
+        candidates,
+        action: all[arm].clone(),
+        probability: d.probabilities[taken],
         slate: None,
         deferred: false,
         degraded: false,
         reward: Some(step.reward),
         signals: Some(serde_json::Value::Object(observed)),
         default_reward: false,
+        guardrails,
     }
+}
+
+/// The id of user `u` of a population (`u<index>`), as logged.
+pub fn user_id(u: usize) -> String {
+    format!("u{u}")
 }
 
 /// A file per policy when the path has `{policy}`, else one shared file.

@@ -1,7 +1,7 @@
 //! The summary of a run: a table for people, JSON for machines, and the
 //! learning curves as a plot.
 
-use super::engine::{CurvePoint, PolicyRun};
+use super::engine::{CurvePoint, PolicyRun, UserStats};
 use anyhow::Context as _;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -42,6 +42,11 @@ pub struct PolicySummary {
     pub signals: BTreeMap<String, SignalRate>,
     /// Share of rounds each action was chosen, by id.
     pub actions: BTreeMap<String, f64>,
+    /// Users and guardrails: users unsubscribed, sends delivered, forced
+    /// holds, exclusions by reason (scenarios with `[users]` or guardrailed
+    /// policies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<UserStats>,
 }
 
 /// The summary of a run: every policy against one environment.
@@ -90,6 +95,7 @@ impl PolicySummary {
                 .zip(&run.action_counts)
                 .map(|(a, c)| (a.clone(), *c as f64 / n))
                 .collect(),
+            users: run.users.clone(),
         }
     }
 }
@@ -140,6 +146,32 @@ pub fn write_table(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
             .map(|(a, share)| format!("{a} {:.3}", share))
             .collect();
         writeln!(out, "{:<24} {}", p.policy, actions.join("  "))?;
+    }
+    if s.policies.iter().any(|p| p.users.is_some()) {
+        writeln!(out)?;
+        writeln!(out, "users and guardrails")?;
+        for p in &s.policies {
+            let Some(u) = &p.users else { continue };
+            let excl: Vec<String> = u
+                .exclusions
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            writeln!(
+                out,
+                "{:<24} users {}  unsubscribed {}  sends {}  forced holds {}  exclusions: {}",
+                p.policy,
+                u.users,
+                u.unsubscribed,
+                u.sends,
+                u.forced,
+                if excl.is_empty() {
+                    "none".to_string()
+                } else {
+                    excl.join(", ")
+                }
+            )?;
+        }
     }
     for (policy, weights) in &s.reward {
         let w: Vec<String> = weights.iter().map(|(k, v)| format!("{k}={v}")).collect();

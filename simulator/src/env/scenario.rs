@@ -21,6 +21,7 @@
 //! independent given (x, a), so `E[s] = P(other = 1) · E[s | other = 1]`.
 
 use super::rounds::{mix_seed, round_rng};
+use super::users::{self, RawUsers, UserState, Users};
 use nudge::features::FeatureValue;
 use rand::RngExt;
 use rand::distr::weighted::WeightedIndex;
@@ -402,6 +403,9 @@ pub struct Scenario {
     pub signals: Vec<Signal>,
     /// Non-stationarity.
     pub drift: Vec<Drift>,
+    /// Users over time (time zones, fatigue, unsubscribes); `None`: every
+    /// round is an anonymous, independent request.
+    pub users: Option<Users>,
 }
 
 /// Streams of a round's randomness: contexts and outcomes are drawn from
@@ -455,16 +459,34 @@ impl Scenario {
     /// `E[s | x, a, t]` for every signal, written into `out` (one entry per
     /// signal). Exact: no sampling.
     pub fn expected(&self, ctx: &[Value], action: usize, t: usize, out: &mut [f64]) {
+        self.expected_for(ctx, action, t, None, out);
+    }
+
+    /// [`Scenario::expected`] for a user in `state` (fatigue, unsubscribes,
+    /// a user who is gone: see [`super::users`]); `None`: no user.
+    pub fn expected_for(
+        &self,
+        ctx: &[Value],
+        action: usize,
+        t: usize,
+        state: Option<&UserState>,
+        out: &mut [f64],
+    ) {
+        let adjust = self.adjustment(action, state);
         for (s, sig) in self.signals.iter().enumerate() {
-            let eta = self.eta(s, action, ctx, t);
+            let eta = self.eta(s, action, ctx, t) + adjust.shift(s);
             let conditional = match sig.link {
-                Link::Bernoulli => sigmoid(eta),
+                Link::Bernoulli => sigmoid(eta) * adjust.factor(s),
                 Link::LogNormal { sigma } => (eta + 0.5 * sigma * sigma).exp(),
                 Link::Normal { .. } => eta,
             };
             // `given` signals come earlier, so out[g] is already P(g = 1).
             let gate = sig.given.map_or(1.0, |g| out[g]);
-            out[s] = if gate == 0.0 { 0.0 } else { gate * conditional };
+            out[s] = if gate == 0.0 || adjust.gone {
+                0.0
+            } else {
+                gate * conditional
+            };
         }
     }
 
@@ -477,31 +499,100 @@ impl Scenario {
         rng: &mut impl rand::Rng,
         out: &mut [f64],
     ) {
+        self.draw_for(ctx, action, t, None, rng, out);
+    }
+
+    /// [`Scenario::draw`] for a user in `state`. The same random numbers
+    /// are consumed whatever the state (common random numbers).
+    pub fn draw_for(
+        &self,
+        ctx: &[Value],
+        action: usize,
+        t: usize,
+        state: Option<&UserState>,
+        rng: &mut impl rand::Rng,
+        out: &mut [f64],
+    ) {
+        let adjust = self.adjustment(action, state);
         for (s, sig) in self.signals.iter().enumerate() {
-            let eta = self.eta(s, action, ctx, t);
+            let eta = self.eta(s, action, ctx, t) + adjust.shift(s);
             // Draw the noise even when gated, so each draw consumes the same
             // randomness whatever happened before it.
             let u: f64 = rng.random();
             let z: f64 = StandardNormal.sample(rng);
             let value = match sig.link {
-                Link::Bernoulli => f64::from(u8::from(u < sigmoid(eta))),
+                Link::Bernoulli => f64::from(u8::from(u < sigmoid(eta) * adjust.factor(s))),
                 Link::LogNormal { sigma } => (eta + sigma * z).exp(),
                 Link::Normal { sd } => eta + sd * z,
             };
             out[s] = match sig.given {
+                _ if adjust.gone => 0.0,
                 Some(g) if out[g] == 0.0 => 0.0,
                 _ => value,
             };
         }
     }
 
+    /// How a user's state changes the models of `action`.
+    fn adjustment(&self, action: usize, state: Option<&UserState>) -> Adjustment {
+        let none = Adjustment {
+            fatigue: None,
+            unsubscribe: None,
+            gone: false,
+        };
+        let (Some(users), Some(state)) = (&self.users, state) else {
+            return none;
+        };
+        if state.gone {
+            return Adjustment { gone: true, ..none };
+        }
+        if !users.sends[action] {
+            return none;
+        }
+        Adjustment {
+            fatigue: users
+                .fatigue
+                .as_ref()
+                .map(|f| (f.signal, (-f.k * state.load).exp())),
+            unsubscribe: users
+                .unsubscribe
+                .as_ref()
+                .map(|u| (u.signal, u.per_load * state.load)),
+            gone: false,
+        }
+    }
+
+    /// The context of round `t` for a user in `state`: the round's draw,
+    /// with the `local_hour` feature set to the user's local hour.
+    pub fn context_for(&self, t: usize, seed: u64, state: Option<&UserState>) -> Vec<Value> {
+        let mut ctx = self.context_at(t, seed);
+        if let (Some(users), Some(state)) = (&self.users, state)
+            && let Some(i) = users.local_hour
+        {
+            ctx[i] = Value::Num(state.local_hour);
+        }
+        ctx
+    }
+
     /// Draws the potential outcomes of every action at round `t`
     /// (`out[a * signals + s]`), from the round's own generator.
     pub fn outcomes_at(&self, ctx: &[Value], t: usize, seed: u64, out: &mut [f64]) {
+        self.outcomes_for(ctx, t, seed, None, out);
+    }
+
+    /// [`Scenario::outcomes_at`] for a user in `state`.
+    pub fn outcomes_for(
+        &self,
+        ctx: &[Value],
+        t: usize,
+        seed: u64,
+        state: Option<&UserState>,
+        out: &mut [f64],
+    ) {
         let k = self.signals.len();
         let mut rng = round_rng(seed, t as u64, STREAM_OUTCOME);
         for a in 0..self.actions.len() {
-            self.draw(ctx, a, t, &mut rng, &mut out[a * k..(a + 1) * k]);
+            self.draw_for(ctx, a, t, state, &mut rng, &mut out[a * k..(a + 1) * k]);
         }
     }
 
@@ -535,6 +626,31 @@ impl Scenario {
     }
 }
 
+/// A user's effect on one action's models.
+struct Adjustment {
+    /// `(signal, factor)`: the Bernoulli probability is multiplied.
+    fatigue: Option<(usize, f64)>,
+    /// `(signal, shift)`: added to the log-odds.
+    unsubscribe: Option<(usize, f64)>,
+    /// Every signal is 0.
+    gone: bool,
+}
+
+impl Adjustment {
+    fn factor(&self, s: usize) -> f64 {
+        match self.fatigue {
+            Some((f, x)) if f == s => x,
+            _ => 1.0,
+        }
+    }
+    fn shift(&self, s: usize) -> f64 {
+        match self.unsubscribe {
+            Some((u, x)) if u == s => x,
+            _ => 0.0,
+        }
+    }
+}
+
 /// The logistic function, `1 / (1 + e^{-η})`, with `σ(-∞) = 0`.
 pub fn sigmoid(eta: f64) -> f64 {
     if eta >= 0.0 {
@@ -565,6 +681,7 @@ struct RawScenario {
     signals: Vec<RawSignal>,
     #[serde(default)]
     drift: Vec<RawDrift>,
+    users: Option<RawUsers>,
 }
 
 #[derive(Deserialize)]
@@ -817,6 +934,30 @@ fn validate(raw: RawScenario, origin: &Path, p: &mut Problems) -> Scenario {
         }
     }
     let drift = validate_drift(&raw.drift, &signals, &actions, p);
+    let users = raw.users.as_ref().and_then(|u| {
+        let action_ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+        let signal_kinds: Vec<(String, bool)> = signals
+            .iter()
+            .map(|s| (s.name.clone(), s.link == Link::Bernoulli))
+            .collect();
+        let numeric: Vec<(String, usize)> = context
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                !matches!(
+                    f.dist,
+                    ContextDist::Categorical { .. } | ContextDist::Embedding { .. }
+                )
+            })
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        let known = users::Known {
+            actions: &action_ids,
+            signals: &signal_kinds,
+            numeric: &numeric,
+        };
+        users::validate(u, &known, &mut |k, m| p.add(k, m))
+    });
     Scenario {
         name: raw.name,
         description: raw.description,
@@ -828,6 +969,7 @@ fn validate(raw: RawScenario, origin: &Path, p: &mut Problems) -> Scenario {
         actions,
         signals,
         drift,
+        users,
     }
 }
 

@@ -47,6 +47,13 @@ pub fn policy_value(
     samples: usize,
     seed: u64,
 ) -> anyhow::Result<TrueValue> {
+    if scenario.users.is_some() {
+        anyhow::bail!(
+            "{}: with [users] a policy's value depends on the path (fatigue, unsubscribes, \
+             guardrails): estimate it by simulating the policy over many seeds",
+            scenario.name
+        );
+    }
     let k = scenario.actions.len();
     let s = scenario.signals.len();
     let mut expected = vec![0.0; k * s];

@@ -237,6 +237,60 @@ impl EventCsv {
     }
 }
 
+/// A candidate's distribution on a logged event, restricted to the
+/// logged eligible set: the candidates the logged decision could choose
+/// (listed without `excluded_by`). When the candidate gives probability to
+/// actions outside that set, the rest is renormalised to sum to 1 — the
+/// candidate evaluated under the same eligibility as the logger. `dist` is
+/// returned as is when the log records no candidates (OBD) or the
+/// candidate keeps to the eligible set. Errors when the candidate gives the
+/// eligible set no probability at all (it cannot act on this event).
+pub fn eligible_distribution<'a>(
+    rec: &LogRecord,
+    dist: &'a Pairs,
+    buf: &'a mut Pairs,
+    where_: &dyn Fn() -> String,
+) -> anyhow::Result<&'a Pairs> {
+    if rec.candidates.is_empty() {
+        return Ok(dist);
+    }
+    let eligible = |a: &str| rec.candidates.iter().any(|c| c.id == a && c.eligible());
+    let outside: f64 = dist
+        .iter()
+        .filter(|(a, _)| !eligible(a))
+        .map(|(_, p)| p)
+        .sum();
+    if outside <= 0.0 {
+        return Ok(dist);
+    }
+    let inside: f64 = dist
+        .iter()
+        .filter(|(a, _)| eligible(a))
+        .map(|(_, p)| p)
+        .sum();
+    if inside.is_nan() || inside <= 0.0 {
+        bail!(
+            "{}: event {:?}: the candidate gives the logged eligible actions ({}) no probability, \
+             so it cannot be evaluated under the logged eligibility",
+            where_(),
+            rec.event_id,
+            rec.candidates
+                .iter()
+                .filter(|c| c.eligible())
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    buf.clear();
+    for (a, p) in dist.iter() {
+        if eligible(a) {
+            buf.push(a, p / inside);
+        }
+    }
+    Ok(buf)
+}
+
 /// A policy file evaluated offline: a fixed state (fresh or a snapshot),
 /// and a copy that learns on replay-matched events.
 pub struct PolicyCandidate {
@@ -332,12 +386,14 @@ impl PolicyCandidate {
             (Mode::Disjoint, _) => Vec::new(),
         };
         // The candidate acts on the same choice set as the logger: arms the
-        // logged decision did not offer are excluded.
+        // logged decision could not choose (absent from its candidates, or
+        // listed with `excluded_by`: a caller's exclusion or a guardrail)
+        // are excluded, so its distribution is over the logged eligible set.
         let excluded: Vec<String> = match spec.mode {
             Mode::Disjoint if !rec.candidates.is_empty() => spec
                 .arms
                 .iter()
-                .filter(|arm| !rec.candidates.iter().any(|c| &c.id == *arm))
+                .filter(|arm| !rec.candidates.iter().any(|c| &c.id == *arm && c.eligible()))
                 .cloned()
                 .collect(),
             _ => Vec::new(),

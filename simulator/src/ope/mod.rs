@@ -40,7 +40,7 @@ pub use estimators::{
 
 use crate::Format;
 use anyhow::{Context, bail};
-use candidate::{EventCsv, Pairs, PolicyCandidate};
+use candidate::{EventCsv, Pairs, PolicyCandidate, eligible_distribution};
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use source::{Filter, LogRecord, Source};
@@ -274,6 +274,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     let bar = progress(&source, "evaluating");
     let mut skipped = 0u64;
     let mut q_buf = Pairs::default();
+    let mut elig_buf = Pairs::default();
     let mut index = 0usize;
     for rec in source.open(&filter, fitted.is_some())? {
         let rec = rec?;
@@ -299,7 +300,12 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 Kind::Target(file) => {
                     let path = &slot.name;
                     let (line, dist) = file.rows_for(&rec.event_id, &rec.origin)?;
-                    let round = round_of(&rec, reward, dist, q, &|| format!("{path}:{line}"))?;
+                    let where_ = || format!("{path}:{line}");
+                    // Checked as given (in [0, 1], summing to 1), then
+                    // renormalised over the logged eligible set.
+                    check_distribution(&rec, dist, &where_)?;
+                    let dist = eligible_distribution(&rec, dist, &mut elig_buf, &where_)?;
+                    let round = round_of(&rec, reward, dist, q, &where_)?;
                     slot.main.push(round);
                 }
                 Kind::Policy(cand) => {
@@ -385,6 +391,32 @@ fn check_record(rec: &LogRecord, reward: f64) -> anyhow::Result<()> {
     }
     if !reward.is_finite() {
         bail!("{}: field `reward`: {reward} is not finite", rec.origin);
+    }
+    Ok(())
+}
+
+/// Checks a candidate's distribution: probabilities in [0, 1] summing to 1.
+fn check_distribution(
+    rec: &LogRecord,
+    dist: &Pairs,
+    where_: &dyn Fn() -> String,
+) -> anyhow::Result<()> {
+    let mut sum = 0.0;
+    for (a, p) in dist.iter() {
+        if !(p.is_finite() && (0.0..=1.0 + 1e-9).contains(&p)) {
+            bail!(
+                "{}: field `probability`: {p} for action {a:?} must be in [0, 1]",
+                where_()
+            );
+        }
+        sum += p;
+    }
+    if (sum - 1.0).abs() > 1e-6 {
+        bail!(
+            "{}: the probabilities of event {:?} sum to {sum}, not 1",
+            where_(),
+            rec.event_id
+        );
     }
     Ok(())
 }

@@ -65,6 +65,26 @@ pub struct LogRecord {
     pub features: Vec<f64>,
 }
 
+impl LogRecord {
+    /// A JSONL line's event as a record (`origin` names where it came from).
+    pub fn from_logged(ev: LoggedEvent, origin: Origin) -> LogRecord {
+        LogRecord {
+            event_id: ev.event_id,
+            origin,
+            policy: Some(ev.policy),
+            decided_at: Some(ev.decided_at),
+            action: ev.action,
+            pscore: ev.probability,
+            reward: ev.reward,
+            position: 0,
+            context: Some(ev.context),
+            actions: ev.actions,
+            candidates: ev.candidates,
+            features: Vec::new(),
+        }
+    }
+}
+
 /// Which decisions to read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -213,20 +233,7 @@ impl Iterator for JsonlReader {
                 continue;
             }
             let origin = Origin::Line(self.name.clone(), self.line_no);
-            return Some(Ok(LogRecord {
-                event_id: ev.event_id,
-                origin,
-                policy: Some(ev.policy),
-                decided_at: Some(ev.decided_at),
-                action: ev.action,
-                pscore: ev.probability,
-                reward: ev.reward,
-                position: 0,
-                context: Some(ev.context),
-                actions: ev.actions,
-                candidates: ev.candidates,
-                features: Vec::new(),
-            }));
+            return Some(Ok(LogRecord::from_logged(ev, origin)));
         }
     }
 }

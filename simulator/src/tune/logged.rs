@@ -28,6 +28,9 @@ struct Event {
     action: String,
     probability: f64,
     signals: BTreeMap<String, f64>,
+    /// Arms the logged decision could not choose (`excluded_by`): the
+    /// policy decides among the logged eligible set.
+    excluded: Vec<String>,
 }
 
 /// Reads the events of `policy_id` (every event if `None`) that carry
@@ -71,7 +74,14 @@ fn read_log(path: &Path) -> anyhow::Result<(Vec<Event>, usize)> {
             }
             None => vec![],
         };
+        let excluded = e
+            .candidates
+            .iter()
+            .filter(|c| !c.eligible())
+            .map(|c| c.id.clone())
+            .collect();
         out.push(Event {
+            excluded,
             event_id: e.event_id,
             context,
             actions,
@@ -194,6 +204,9 @@ pub fn tune_log(
             mean_reward: sum_wr / sum_w,
             regret: None,
             pareto: false,
+            guardrails: None,
+            users: None,
+            guard: Default::default(),
         });
     }
     let points: Vec<Vec<f64>> = settings
@@ -225,7 +238,7 @@ fn decide(
         event_id: &e.event_id,
         context: &e.context,
         actions: &e.actions,
-        excluded: &[],
+        excluded: &e.excluded,
         k: 1,
     };
     policy

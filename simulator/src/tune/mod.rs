@@ -11,21 +11,25 @@
 //! # Layout
 //! - [`grid`]: `NAME=V`, `NAME=A..B`, `NAME=V1,V2` weight specs → the
 //!   Cartesian grid.
+//! - [`guard`]: guardrail settings in the grid (`--cap`, `--quiet-hours`),
+//!   applied to the policy's `[guardrails]`.
 //! - [`pareto`]: objectives and the Pareto front.
 //! - [`logged`]: the same on a decision log's signals instead of a
 //!   scenario (off-policy training and self-normalised IPW).
 //! - this file: the command, its table, JSON and trade-off plot.
 
 pub mod grid;
+pub mod guard;
 pub mod logged;
 pub mod pareto;
 
 use crate::env::report::{PlotFile, with_canvas};
 use crate::env::{
-    Agent, Environment, Format, RunConfig, Scenario, load_policies, load_scenario, progress,
-    run_policy,
+    Agent, Environment, Format, RunConfig, Scenario, UserStats, load_policies, load_scenario,
+    progress, run_policy,
 };
 use anyhow::Context as _;
+use guard::{GuardLabel, GuardSetting};
 use pareto::Objective;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -67,6 +71,19 @@ pub struct Args {
     /// its weights are positive, `min` if negative.
     #[arg(long = "objective", value_name = "NAME=max|min")]
     pub objectives: Vec<String>,
+    /// Guardrail caps in the grid: at most N sends per user per
+    /// `--cap-per` (rolling), as `none`, `N`, `A..B` or a comma list
+    /// (`none,1..6`). Replaces the policy's caps.
+    #[arg(long, value_name = "VALUES")]
+    pub cap: Option<String>,
+    /// The caps' window.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub cap_per: String,
+    /// Quiet hours in the grid (local time): `none` or `HH:MM-HH:MM`
+    /// (a send is held; `/delay`: delivered when they end), comma-separated
+    /// (`none,22:00-08:00`). Replaces the policy's quiet hours.
+    #[arg(long, value_name = "VALUES")]
+    pub quiet_hours: Option<String>,
     /// Rounds per setting (default: the scenario's `horizon`).
     #[arg(long)]
     pub horizon: Option<usize>,
@@ -98,6 +115,16 @@ pub struct Setting {
     pub regret: Option<f64>,
     /// Whether no other setting dominates it on the objectives.
     pub pareto: bool,
+    /// The setting's guardrails, when the grid has some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<GuardLabel>,
+    /// Users and guardrail outcomes (scenarios with users or guardrailed
+    /// policies): users unsubscribed, sends, exclusions by reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<UserStats>,
+    /// The guardrail setting (for labels).
+    #[serde(skip)]
+    pub guard: GuardSetting,
 }
 
 /// The result of a tuning run.
@@ -126,9 +153,37 @@ pub fn tune(
     objectives: &[Objective],
     horizon: usize,
     seed: u64,
+    on_progress: impl FnMut(u64),
+) -> anyhow::Result<Tuning> {
+    tune_with(
+        scenario,
+        policy,
+        grid,
+        &[GuardSetting::default()],
+        0,
+        objectives,
+        horizon,
+        seed,
+        on_progress,
+    )
+}
+
+/// [`tune`] over every combination of a weight setting and a guardrail
+/// setting (`guards`; caps over rolling windows of `cap_per_ms`).
+#[allow(clippy::too_many_arguments)]
+pub fn tune_with(
+    scenario: &Scenario,
+    policy: &nudge::policy::Policy,
+    grid: &[BTreeMap<String, f64>],
+    guards: &[GuardSetting],
+    cap_per_ms: i64,
+    objectives: &[Objective],
+    horizon: usize,
+    seed: u64,
     mut on_progress: impl FnMut(u64),
 ) -> anyhow::Result<Tuning> {
     let signals = scenario.signals();
+    let actions = scenario.actions();
     let cfg = RunConfig {
         horizon,
         seed,
@@ -136,33 +191,47 @@ pub fn tune(
         curve_points: 1,
     };
     let n = horizon.max(1) as f64;
-    let mut settings = Vec::with_capacity(grid.len());
+    let in_grid = guards.iter().any(|g| *g != GuardSetting::default());
+    let mut settings = Vec::with_capacity(grid.len() * guards.len());
     for weights in grid {
-        let agent = Agent::new(policy, scenario, Some(weights))?;
-        let mut model = agent.policy.new_model();
-        let run = run_policy(
-            scenario,
-            &agent,
-            &mut model,
-            &cfg,
-            |_| Ok(()),
-            &mut on_progress,
-        )?;
-        let per = |v: &[f64]| -> BTreeMap<String, f64> {
-            signals
-                .iter()
-                .zip(v)
-                .map(|(s, x)| (s.clone(), x / n))
-                .collect()
-        };
-        settings.push(Setting {
-            weights: weights.clone(),
-            outcomes: per(&run.signal_expected),
-            realised: Some(per(&run.signal_totals)),
-            mean_reward: run.cumulative_reward / n,
-            regret: Some(run.regret),
-            pareto: false,
-        });
+        for g in guards {
+            let spec = guard::apply(
+                policy.spec(),
+                g,
+                cap_per_ms,
+                scenario.users.as_ref(),
+                &actions,
+            )?;
+            let guarded = nudge::policy::Policy::new(spec);
+            let agent = Agent::new(&guarded, scenario, Some(weights))?;
+            let mut model = agent.policy.new_model();
+            let run = run_policy(
+                scenario,
+                &agent,
+                &mut model,
+                &cfg,
+                |_| Ok(()),
+                &mut on_progress,
+            )?;
+            let per = |v: &[f64]| -> BTreeMap<String, f64> {
+                signals
+                    .iter()
+                    .zip(v)
+                    .map(|(s, x)| (s.clone(), x / n))
+                    .collect()
+            };
+            settings.push(Setting {
+                weights: weights.clone(),
+                outcomes: per(&run.signal_expected),
+                realised: Some(per(&run.signal_totals)),
+                mean_reward: run.cumulative_reward / n,
+                regret: Some(run.regret),
+                pareto: false,
+                guardrails: in_grid.then(|| g.label()),
+                users: run.users.clone(),
+                guard: *g,
+            });
+        }
     }
     let points: Vec<Vec<f64>> = settings
         .iter()
@@ -193,6 +262,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let (tuning, signals) = match (&args.scenario, &args.log) {
         (Some(path), _) => tune_scenario(&args, path, &specs, &grid)?,
         (None, Some(log)) => {
+            if args.cap.is_some() || args.quiet_hours.is_some() {
+                anyhow::bail!(
+                    "--cap and --quiet-hours need a scenario (users over time); a logged run's \
+                     eligibility is the one it was logged with"
+                );
+            }
             let policy_path = args
                 .policy
                 .as_ref()
@@ -257,13 +332,41 @@ fn tune_scenario(
         anyhow::bail!("--horizon must be at least 1");
     }
     let seed = args.seed.unwrap_or(scenario.seed);
+    let caps = args.cap.as_deref().map(guard::parse_caps).transpose()?;
+    let quiet = args
+        .quiet_hours
+        .as_deref()
+        .map(guard::parse_quiet)
+        .transpose()?;
+    let guards = guard::combinations(caps.as_deref(), quiet.as_deref());
+    if grid.len() * guards.len() > grid::MAX_SETTINGS {
+        anyhow::bail!(
+            "the grid has more than {} settings; use fewer values",
+            grid::MAX_SETTINGS
+        );
+    }
+    let cap_per_ms = match humantime::parse_duration(&args.cap_per) {
+        Ok(d) if !d.is_zero() && d.as_secs() <= 366 * 86_400 => d.as_millis() as i64,
+        _ => anyhow::bail!(
+            "--cap-per {:?}: expected a positive duration of at most 366 days, such as \"24h\"",
+            args.cap_per
+        ),
+    };
     let bar = progress(
-        (horizon * grid.len()) as u64,
+        (horizon * grid.len() * guards.len()) as u64,
         &format!("tuning {} on {}", policy.id(), scenario.name),
     );
-    let tuning = tune(&scenario, &policy, grid, &objectives, horizon, seed, |n| {
-        bar.inc(n)
-    })?;
+    let tuning = tune_with(
+        &scenario,
+        &policy,
+        grid,
+        &guards,
+        cap_per_ms,
+        &objectives,
+        horizon,
+        seed,
+        |n| bar.inc(n),
+    )?;
     bar.finish_and_clear();
     Ok((tuning, signals))
 }
@@ -286,31 +389,65 @@ pub fn write_table(out: &mut dyn Write, t: &Tuning, signals: &[String]) -> std::
         .first()
         .map(|s| s.weights.keys().collect())
         .unwrap_or_default();
+    let guarded = t.settings.iter().any(|s| s.guardrails.is_some());
+    let with_users = t
+        .settings
+        .iter()
+        .any(|s| s.users.as_ref().is_some_and(|u| u.users > 0));
     let mut header = String::from("pareto");
     for w in &weight_names {
         header.push_str(&format!(" {:>12}", "w.".to_string() + w));
+    }
+    if guarded {
+        header.push_str(&format!(" {:>6} {:>18}", "cap", "quiet hours"));
     }
     for s in signals {
         header.push_str(&format!(" {:>14}", s));
     }
     header.push_str(&format!(" {:>12} {:>12}", "mean reward", "regret"));
+    if with_users {
+        header.push_str(&format!(" {:>9} {:>8}", "unsub.", "sends"));
+    }
     writeln!(out, "{header}")?;
     for s in &t.settings {
         let mut line = format!("{:<6}", if s.pareto { "*" } else { "" });
         for w in &weight_names {
             line.push_str(&format!(" {:>12}", s.weights[*w]));
         }
+        if guarded {
+            let cap = match s.guard.cap {
+                None => "policy".to_string(),
+                Some(None) => "none".to_string(),
+                Some(Some(c)) => c.to_string(),
+            };
+            let quiet = match s.guard.quiet {
+                None => "policy".to_string(),
+                Some(None) => "none".to_string(),
+                Some(Some(q)) => q.label(),
+            };
+            line.push_str(&format!(" {cap:>6} {quiet:>18}"));
+        }
         for sig in signals {
             line.push_str(&format!(" {:>14.5}", s.outcomes[sig]));
         }
         let regret = s.regret.map_or("-".to_string(), |r| format!("{r:.2}"));
         line.push_str(&format!(" {:>12.5} {:>12}", s.mean_reward, regret));
+        if with_users && let Some(u) = &s.users {
+            line.push_str(&format!(" {:>9} {:>8}", u.unsubscribed, u.sends));
+        }
         writeln!(out, "{line}")?;
     }
     writeln!(
         out,
         "signals: mean expected value per round of the chosen actions (with a log: self-normalised IPW estimate); * = Pareto-efficient"
-    )
+    )?;
+    if with_users {
+        writeln!(
+            out,
+            "unsub.: users who unsubscribed during the run; sends: sends delivered"
+        )?;
+    }
+    Ok(())
 }
 
 /// Plots the trade-off between the first two objectives (or the only
@@ -362,11 +499,15 @@ fn draw<DB: DrawingBackend>(
         })
         .unwrap_or_default();
     let label = |s: &Setting| -> String {
-        varying
+        let mut parts: Vec<String> = varying
             .iter()
             .map(|k| format!("{k}={}", s.weights[*k]))
-            .collect::<Vec<_>>()
-            .join(" ")
+            .collect();
+        let g = s.guard.text();
+        if !g.is_empty() {
+            parts.push(g);
+        }
+        parts.join(" ")
     };
     let (xname, points): (String, Vec<(f64, f64)>) = match t.objectives.as_slice() {
         [only] => (
