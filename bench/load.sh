@@ -356,6 +356,26 @@ for policy in $POLICY_LIST; do
   done
 done
 
+# Guardrails: what one user's history costs in Redis (MEMORY USAGE of a
+# sample of user hashes, key and value included) and what the caps did.
+USER_MEMORY_LINE=""
+if [[ " $POLICY_LIST " == *" bench_guarded "* ]]; then
+  log "guardrails: Redis memory per user history"
+  rcli --scan --pattern "$PREFIX:{u:*" >"$WORK/user_keys.txt" || true
+  users=$(wc -l <"$WORK/user_keys.txt")
+  bytes=0 sends=0 sampled=0
+  while IFS= read -r key && ((sampled < 500)); do
+    b=$(rcli MEMORY USAGE "$key")
+    n=$(rcli HLEN "$key")
+    bytes=$((bytes + b)) sends=$((sends + n - 1)) sampled=$((sampled + 1))
+  done <"$WORK/user_keys.txt"
+  if ((sampled > 0)); then
+    USER_MEMORY_LINE="Redis per user history: $((bytes / sampled)) bytes on average (MEMORY USAGE of $sampled of $users user hashes, $(awk -v s="$sends" -v n="$sampled" 'BEGIN { printf "%.2f", s / n }') sends each on average)"
+    echo "$USER_MEMORY_LINE" >&2
+  fi
+  curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_guardrail' | head -20 >&2 || true
+fi
+
 log "metrics (store errors, log) before shutdown"
 curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_(store_errors|log_|decisions_total|rewards_total)' | grep -v '^#' | head -40 >&2 || true
 
@@ -434,7 +454,7 @@ ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; 
   echo "| scenario | conns | req/s | decides/s | p50 ms | p99 ms | non-2xx | decides/s ÷ ceiling | log queue at end | CPU % server / redis / pg / other |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for label in $(for c in $CONNECTIONS; do echo "bare_c$c"; done) \
-    $(for s in linucb lin_ts; do for m in decide decide_reward; do for c in $CONNECTIONS; do echo "${s}_${m}_c$c"; done; done; done); do
+    $(for p in $POLICY_LIST; do for m in $MODES; do for c in $CONNECTIONS; do echo "${p#bench_}_${m}_c$c"; done; done; done); do
     line=$(grep "^RESULT label=$label " "$RESULTS" || true)
     [ -n "$line" ] || continue
     c=${label##*_c}
@@ -456,6 +476,7 @@ ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; 
   done
   echo
   for l in "${CHECK_LINES[@]}"; do echo "$l"; done
+  [ -z "$USER_MEMORY_LINE" ] || { echo; echo "$USER_MEMORY_LINE"; }
   echo
   if [ "$FAILED" = 1 ]; then echo "RESULT: FAIL (database $DB kept)"; else echo "RESULT: PASS"; fi
 } | tee "$WORK/report.md"

@@ -1012,6 +1012,36 @@ async fn a_value_just_past_each_bound_is_refused_naming_its_field() {
         "surprise",
     )
     .await;
+    // The user and the time zone: every string just outside the schema
+    // (too long, a character outside the pattern), and a zone name the
+    // schema allows but the time-zone database does not know.
+    for bad in bad_strings(&s, prop("user")) {
+        refused(
+            &s,
+            &app,
+            "/v1/decide",
+            with(&push, "user", json!(bad)),
+            "user",
+        )
+        .await;
+    }
+    for bad in bad_strings(&s, prop("timezone")) {
+        refused(
+            &s,
+            &app,
+            "/v1/decide",
+            with(&push, "timezone", json!(bad)),
+            "timezone",
+        )
+        .await;
+    }
+    let zone = with(&push, "timezone", json!("Mars/Olympus_Mons"));
+    let (status, answer) = send(&app, "POST", "/v1/decide", Some(&zone)).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("timezone")),
+        "{answer}"
+    );
     let k = prop("k");
     for bad in [
         json!(k["minimum"].as_u64().unwrap() - 1),

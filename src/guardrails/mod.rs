@@ -266,6 +266,32 @@ impl Eligibility {
     pub fn is_eligible(&self, i: usize) -> bool {
         self.reasons[i].is_none()
     }
+
+    /// The ids of the ineligible arms: what a decision passes to the policy
+    /// as excluded, so scoring, exploration and sampling never see them.
+    pub fn ineligible_ids(&self, arms: &[String]) -> Vec<String> {
+        self.reasons
+            .iter()
+            .zip(arms)
+            .filter(|(r, _)| r.is_some())
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+}
+
+/// The history features to add to a request's context, as (name, value):
+/// [`history_values`] without the features that have no data, whose
+/// declared default then applies.
+pub fn history_features<'g>(
+    g: &'g Guardrails,
+    policy: &str,
+    history: &UserHistory,
+    now_ms: i64,
+) -> impl Iterator<Item = (&'g str, f64)> {
+    g.history
+        .iter()
+        .zip(history_values(g, policy, history, now_ms))
+        .filter_map(|(f, v)| v.map(|v| (f.name.as_str(), v)))
 }
 
 /// Decides, for every arm, whether the rules allow it now. Checks, in

@@ -7,6 +7,8 @@
 //! and the simulator runs the very same code offline.
 
 mod load;
+mod parse;
+mod raw;
 mod score;
 pub mod spec;
 

@@ -410,23 +410,10 @@ async fn decide_guarded(
         let mut context = input.context.clone();
         // Without a user or a readable history the features read an empty
         // one: no sends (counts 0; recency and rates take their defaults).
-        if !g.history.is_empty() {
-            let values = guardrails::history_values(g, &spec.id, &history, now_ms);
-            for (f, v) in g.history.iter().zip(values) {
-                if let Some(v) = v {
-                    context
-                        .0
-                        .push((f.name.as_str().into(), FeatureValue::Number(v)));
-                }
-            }
+        for (name, value) in guardrails::history_features(g, &spec.id, &history, now_ms) {
+            context.0.push((name.into(), FeatureValue::Number(value)));
         }
-        let ineligible: Vec<String> = eligibility
-            .reasons
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_some())
-            .map(|(i, _)| spec.arms[i].clone())
-            .collect();
+        let ineligible = eligibility.ineligible_ids(&spec.arms);
         let decision = runtime.policy.decide(
             &runtime.model(),
             &DecideRequest::<Features, Features> {

@@ -597,26 +597,17 @@ pub fn run_policy_with(
                     excluded: &[],
                 };
                 let e = guardrails::eligibility(guard.g, &situation);
-                if !guard.g.history.is_empty() {
-                    let values = guardrails::history_values(guard.g, &spec.id, history, now_ms);
-                    for (f, v) in guard.g.history.iter().zip(values) {
-                        if let Some(v) = v {
-                            context.push((f.name.clone(), FeatureValue::Number(v)));
-                        }
-                    }
+                for (name, value) in
+                    guardrails::history_features(guard.g, &spec.id, history, now_ms)
+                {
+                    context.push((name.to_string(), FeatureValue::Number(value)));
                 }
                 Some(e)
             }
             None => None,
         };
         let ineligible: Vec<String> = match (&eligibility, opts.mode) {
-            (Some(e), GuardMode::Eligible) => e
-                .reasons
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.is_some())
-                .map(|(i, _)| spec.arms[i].clone())
-                .collect(),
+            (Some(e), GuardMode::Eligible) => e.ineligible_ids(&spec.arms),
             _ => Vec::new(),
         };
         let decision = agent.decide_excluding(model, &event, &context, &ineligible)?;
