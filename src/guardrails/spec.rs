@@ -384,8 +384,10 @@ fn duration(text: &str, key: &str, add: &mut dyn FnMut(String, String)) -> Optio
     }
 }
 
-/// `"HH:MM"` → minutes after midnight.
-fn clock(text: &str, key: &str, add: &mut dyn FnMut(String, String)) -> Option<u32> {
+/// `"HH:MM"` → minutes after midnight (00:00 to 23:59); otherwise reports
+/// the problem at `key` and returns `None`. Scenario files read local times
+/// with it too.
+pub fn clock(text: &str, key: &str, add: &mut dyn FnMut(String, String)) -> Option<u32> {
     let parsed = text.split_once(':').and_then(|(h, m)| {
         let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
         (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)

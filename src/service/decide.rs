@@ -4,12 +4,12 @@
 
 use super::Service;
 use crate::features::{FeatureValue, Features};
-use crate::guardrails::{self, Eligibility, Exclusion, Guardrails, SendRecord, Situation, Tz};
+use crate::guardrails::{self, Eligibility, Exclusion, Guardrails, Situation, Tz};
 use crate::log::{DecisionRow, JsonText, LogRecord};
 use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Mode};
 use crate::runtime::PolicyRuntime;
 use crate::store::outbox::Op;
-use crate::store::{EventRecord, Recorded, Reservation, SendReservation, Slot};
+use crate::store::{EventRecord, Recorded, Reservation, Slot};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -437,25 +437,18 @@ async fn decide_guarded(
         let (Some(at), false, false) = (at, input.defer, unavailable) else {
             return Ok(done);
         };
-        let send = SendRecord {
-            event_id: input.event_id.clone(),
+        let send = super::reward::Send {
+            g,
+            policy: &spec.id,
+            arm: &spec.arms[arm],
+            event_id: &input.event_id,
+            user,
             at_ms: at,
-            policy: spec.id.clone(),
-            arm: spec.arms[arm].clone(),
-            groups: g.groups.clone(),
-            outcome: None,
+            version: history.version,
+            budgets: &slots,
+            now_ms,
         };
-        let reserved = svc
-            .store
-            .reserve_send(&SendReservation {
-                user,
-                send: &send,
-                version: history.version,
-                budgets: &slots,
-                retention_ms: g.retention_ms(),
-                now_ms,
-            })
-            .await;
+        let reserved = super::reward::reserve(svc, &send).await;
         svc.store_result("reserve_send", &reserved);
         match reserved {
             Ok(Reservation::Reserved | Reservation::Duplicate) => return Ok(done),

@@ -184,25 +184,19 @@ pub async fn reserve_activation(
             }
             return Ok(ActivationCheck::Refused(reason));
         }
-        let send = SendRecord {
-            event_id: event_id.to_string(),
-            at_ms: eligibility.send_at[arm].unwrap_or(now_ms),
-            policy: spec.id.clone(),
-            arm: response.action.clone(),
-            groups: g.groups.clone(),
-            outcome: None,
+        let at = eligibility.send_at[arm].unwrap_or(now_ms);
+        let send = Send {
+            g,
+            policy: &spec.id,
+            arm: &response.action,
+            event_id,
+            user,
+            at_ms: at,
+            version: history.version,
+            budgets: &slots,
+            now_ms,
         };
-        let reserved = svc
-            .store
-            .reserve_send(&SendReservation {
-                user,
-                send: &send,
-                version: history.version,
-                budgets: &slots,
-                retention_ms: g.retention_ms(),
-                now_ms,
-            })
-            .await?;
+        let reserved = reserve(svc, &send).await?;
         match reserved {
             Reservation::Reserved | Reservation::Duplicate => return Ok(ActivationCheck::Allowed),
             Reservation::Conflict | Reservation::BudgetSpent => continue,
@@ -210,6 +204,43 @@ pub async fn reserve_activation(
     }
     // The user's history kept moving: refuse rather than over-send.
     Ok(ActivationCheck::Refused(Exclusion::Cap))
+}
+
+/// A send to reserve for a decision (at decide time, or at activation).
+pub(super) struct Send<'a> {
+    pub g: &'a guardrails::Guardrails,
+    pub policy: &'a str,
+    pub arm: &'a str,
+    pub event_id: &'a str,
+    pub user: Option<&'a str>,
+    pub at_ms: i64,
+    /// The user's history version the decision was made on.
+    pub version: u64,
+    pub budgets: &'a [BudgetSlot],
+    pub now_ms: i64,
+}
+
+/// Adds the send to the user's history and its budgets, atomically
+/// against every concurrent reservation (see [`crate::store::users`]).
+pub(super) async fn reserve(svc: &Service, s: &Send<'_>) -> Result<Reservation, StoreError> {
+    let record = SendRecord {
+        event_id: s.event_id.to_string(),
+        at_ms: s.at_ms,
+        policy: s.policy.to_string(),
+        arm: s.arm.to_string(),
+        groups: s.g.groups.clone(),
+        outcome: None,
+    };
+    svc.store
+        .reserve_send(&SendReservation {
+            user: s.user,
+            send: &record,
+            version: s.version,
+            budgets: s.budgets,
+            retention_ms: s.g.retention_ms(),
+            now_ms: s.now_ms,
+        })
+        .await
 }
 
 /// The budget windows a send at `now_ms` counts in.

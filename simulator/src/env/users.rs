@@ -291,19 +291,7 @@ pub(crate) struct Known<'a> {
     pub numeric: &'a [(String, usize)],
 }
 
-fn clock(text: &str, key: &str, add: &mut dyn FnMut(String, String)) -> Option<u32> {
-    let parsed = text.split_once(':').and_then(|(h, m)| {
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)
-    });
-    if parsed.is_none() {
-        add(
-            key.into(),
-            format!("expected a local time \"HH:MM\" (00:00 to 23:59), got {text:?}"),
-        );
-    }
-    parsed
-}
+use nudge::guardrails::spec::clock;
 
 /// Validates the table; every problem goes to `add(key, message)`.
 pub(crate) fn validate(
