@@ -553,3 +553,44 @@ fn first_aggregation_rewards_inside_the_window_are_kept_only_when_asked() {
     sum[5] = &sum_policy;
     assert!(try_evaluate(&sum).is_err());
 }
+
+/// A simulated log (`nudge-sim run` marks its outcomes final) is evaluated
+/// whole, even dated after `--as-of`: its outcomes were drawn at once.
+#[test]
+fn a_log_whose_outcomes_are_marked_final_is_evaluated_whatever_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = events(200, t0(), Duration::seconds(60), [0.3, 0.2, 0.0], 5);
+    let target = write_target(dir.path(), &evs, [0.6, 0.3, 0.1]);
+    let plain = write_jsonl(dir.path(), &evs);
+    let text = std::fs::read_to_string(&plain).unwrap();
+    let marked = dir.path().join("final.jsonl");
+    std::fs::write(
+        &marked,
+        text.replace(
+            "\"default_reward\":false",
+            "\"default_reward\":false,\"outcome_final\":true",
+        ),
+    )
+    .unwrap();
+    let args = |log: &str| {
+        try_evaluate(&[
+            "--log",
+            log,
+            "--target-probs",
+            &target,
+            "--policy",
+            &push_send(),
+            "--as-of",
+            "2026-12-01T12:00:00Z",
+            "--estimators",
+            "ipw",
+            "--bootstrap",
+            "0",
+        ])
+    };
+    assert!(args(&plain).is_err());
+    let out = args(&marked.display().to_string()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(out.candidates.len(), 2);
+    assert_eq!(out.candidates[0].1.n, 200);
+    assert_eq!(out.windows.open + out.windows.defaulted, 0);
+}

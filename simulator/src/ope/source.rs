@@ -111,7 +111,8 @@ pub struct LogRecord {
     /// The (summed) reward; `None` when none was logged.
     pub reward: Option<f64>,
     /// The log says the outcome is final: it holds the default reward
-    /// (the service's default row, JSONL `default_reward`).
+    /// (the service's default row, JSONL `default_reward`), or it was
+    /// simulated (JSONL `outcome_final`).
     pub reward_final: bool,
     /// Slot position (OBD); 0 otherwise.
     pub position: u32,
@@ -137,7 +138,7 @@ impl LogRecord {
             action: ev.action,
             pscore: ev.probability,
             reward: ev.reward,
-            reward_final: ev.default_reward,
+            reward_final: ev.default_reward || ev.outcome_final,
             position: 0,
             context: Some(ev.context),
             actions: ev.actions,

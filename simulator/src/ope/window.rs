@@ -10,8 +10,8 @@
 //! - its window has closed (`decided_at + window ≤ as_of`): a missing
 //!   reward is the policy's default, whether or not the log already has
 //!   the default row;
-//! - or the log says so (a default row in `rewards`, `default_reward` in
-//!   JSONL);
+//! - or the log says so (a default row in `rewards`, `default_reward` or
+//!   `outcome_final` in JSONL);
 //! - or it was rewarded under `first` aggregation (its first reward is its
 //!   outcome) and `--keep-first-rewarded` was given.
 //!
