@@ -92,6 +92,10 @@ pub struct LoggedEvent {
     /// Whether `reward` is the policy's default (no reward in the window).
     #[serde(default)]
     pub default_reward: bool,
+    /// The outcome is final whatever the reward window says: `nudge-sim
+    /// run` draws every outcome at once. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_final: bool,
     /// Guardrailed policies: `{"user", "timezone", "forced", "send_at"}`
     /// (the `decisions.guardrails` column); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -43,7 +43,7 @@ fn assert_agrees(outcome: &Outcome, want: &Value, tol: f64) {
         let ours = ev
             .estimates
             .iter()
-            .find(|e| e.name == name)
+            .find(|e| e.name == *name)
             .unwrap_or_else(|| panic!("no estimate {name}"));
         let err = (ours.value - v).abs();
         assert!(
@@ -227,7 +227,7 @@ fn the_in_memory_api_matches_obp() {
     ];
     let est = ope::estimate(&data, &which, &opts).unwrap();
     for e in &est {
-        let want = exp["synthetic"]["soft"][e.name].as_f64().unwrap();
+        let want = exp["synthetic"]["soft"][&e.name].as_f64().unwrap();
         assert!(
             (e.value - want).abs() <= 1e-10 * want.abs().max(1.0),
             "{}: {} vs {want}",

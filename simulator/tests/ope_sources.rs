@@ -585,6 +585,17 @@ fn json_output_has_the_documented_stable_keys() {
     ] {
         assert!(v["diagnostics"][key].is_number(), "{key} in {v}");
     }
+    for key in [
+        "open",
+        "open_rewarded",
+        "defaulted",
+        "included_open",
+        "kept_first_rewarded",
+        "no_reward_unknown_window",
+    ] {
+        assert!(v["reward_windows"][key].is_u64(), "{key} in {v}");
+    }
+    assert!(v["reward_windows"]["as_of"].is_string(), "{v}");
 }
 
 #[test]

@@ -287,6 +287,8 @@ pub fn logged_event(
         reward: Some(step.reward),
         signals: Some(serde_json::Value::Object(observed)),
         default_reward: false,
+        // A simulated outcome is drawn with the decision: final at once.
+        outcome_final: true,
         guardrails,
     }
 }

@@ -16,8 +16,6 @@ use anyhow::{Context, bail};
 use nudge::features::Features;
 use nudge::model::LinearModel;
 use nudge::policy::{Candidate, DecideRequest, Mode, Policy};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 /// `(action id, number)` pairs of one event, stored without an allocation
@@ -63,11 +61,17 @@ impl Pairs {
     }
 }
 
-/// A streamed per-event CSV file (`event_id,action,<value_column>`).
+/// A streamed per-event CSV file: long (`event_id,action,<value_column>`,
+/// one row per event and action) or wide (`event_id` or `round`, then one
+/// column per action, one row per event).
 pub struct EventCsv {
     path: PathBuf,
     value_column: &'static str,
-    reader: csv::Reader<BufReader<File>>,
+    /// Wide layout: the action id of each column after the first.
+    wide: Option<Vec<String>>,
+    /// The header's column names.
+    headers: Vec<String>,
+    reader: csv::Reader<super::source::Input>,
     record: csv::ByteRecord,
     /// 1-based line of `record`.
     line: u64,
@@ -81,30 +85,82 @@ pub struct EventCsv {
 }
 
 impl EventCsv {
-    /// Opens `path` and checks its header is `event_id,action,<value_column>`.
+    /// Opens `path` (decompressed by extension) and reads its header:
+    /// `event_id,action,<value_column>` (long), or `event_id` / `round`
+    /// followed by one column per action (wide). In a wide file, columns
+    /// `p0, p1, …` (target probabilities) or `q0, q1, …` (reward models),
+    /// numbered from 0 in order as OBP writes them, are actions `0`, `1`,
+    /// …; any other column name is the action id itself.
     pub fn open(path: &Path, value_column: &'static str) -> anyhow::Result<EventCsv> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
-            .from_reader(BufReader::with_capacity(1 << 20, file));
-        let headers = reader
+            .from_reader(super::source::open_input(path)?);
+        let headers: Vec<String> = reader
             .byte_headers()
-            .with_context(|| format!("{}:1: cannot read the header", path.display()))?;
-        let want: [&[u8]; 3] = [b"event_id", b"action", value_column.as_bytes()];
-        if headers.len() != 3 || headers.iter().zip(want).any(|(h, w)| h != w) {
+            .with_context(|| format!("{}:1: cannot read the header", path.display()))?
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).trim().to_string())
+            .collect();
+        let long = headers.len() == 3
+            && headers[0] == "event_id"
+            && headers[1] == "action"
+            && headers[2] == value_column;
+        let wide = if long {
+            None
+        } else if headers.len() >= 2
+            && (headers[0] == "event_id" || headers[0] == "round")
+            && !headers[1..].iter().any(|h| h == "action")
+        {
+            let prefix = if value_column == "probability" {
+                "p"
+            } else {
+                "q"
+            };
+            let numbered = headers[1..]
+                .iter()
+                .enumerate()
+                .all(|(i, h)| h.strip_prefix(prefix) == Some(i.to_string().as_str()));
+            let actions: Vec<String> = if numbered {
+                (0..headers.len() - 1).map(|i| i.to_string()).collect()
+            } else {
+                headers[1..].to_vec()
+            };
+            for (i, a) in actions.iter().enumerate() {
+                if a.is_empty() {
+                    bail!(
+                        "{}:1: column {}: an empty action id in the header",
+                        path.display(),
+                        i + 2
+                    );
+                }
+                if actions[..i].contains(a) {
+                    bail!(
+                        "{}:1: column {}: action {a:?} appears twice in the header",
+                        path.display(),
+                        i + 2
+                    );
+                }
+            }
+            Some(actions)
+        } else {
             bail!(
-                "{}:1: the header must be `event_id,action,{value_column}`, found `{}`",
+                "{}:1: the header must be `event_id,action,{value_column}` (long) or \
+                 `event_id` / `round` followed by one column per action (wide, e.g. \
+                 `round,{p}0,{p}1,…`), found `{}`",
                 path.display(),
-                headers
-                    .iter()
-                    .map(|h| String::from_utf8_lossy(h).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                headers.join(","),
+                p = if value_column == "probability" {
+                    "p"
+                } else {
+                    "q"
+                },
             );
-        }
+        };
         Ok(EventCsv {
             path: path.to_path_buf(),
             value_column,
+            wide,
+            headers,
             reader,
             record: csv::ByteRecord::new(),
             line: 1,
@@ -143,17 +199,43 @@ impl EventCsv {
             return Ok(false);
         }
         self.line += 1;
-        if self.record.len() != 3 {
+        let want = self.wide.as_ref().map_or(3, |a| a.len() + 1);
+        if self.record.len() != want {
             bail!(
-                "{}:{}: expected 3 fields (event_id,action,{}), found {}",
+                "{}:{}: expected {want} fields ({}), found {}",
                 self.path.display(),
                 self.line,
-                self.value_column,
+                match &self.wide {
+                    None => format!("event_id,action,{}", self.value_column),
+                    Some(_) => "as many as the header".to_string(),
+                },
                 self.record.len()
             );
         }
         self.pending = true;
         Ok(true)
+    }
+
+    /// Parses a value cell (column `i`, named `name`): a finite number.
+    fn value_at(&self, i: usize, name: &str) -> anyhow::Result<f64> {
+        let raw = self.field(i, name)?;
+        let value: f64 = raw.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{}:{}: field `{name}` (column {}): {raw:?} is not a number",
+                self.path.display(),
+                self.line,
+                i + 1
+            )
+        })?;
+        if !value.is_finite() {
+            bail!(
+                "{}:{}: field `{name}` (column {}): {value} is not finite",
+                self.path.display(),
+                self.line,
+                i + 1
+            );
+        }
+        Ok(value)
     }
 
     fn field(&self, i: usize, name: &str) -> anyhow::Result<&str> {
@@ -182,6 +264,26 @@ impl EventCsv {
         self.group_id.clear();
         self.group_id.push_str(id);
         self.group_line = self.line;
+        if let Some(actions) = self.wide.take() {
+            // One row per event: every non-empty cell is an action's value.
+            let mut out = Ok(());
+            for (j, a) in actions.iter().enumerate() {
+                if self.record[j + 1].iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let name = self.headers[j + 1].clone();
+                match self.value_at(j + 1, &name) {
+                    Ok(v) => self.group.push(a, v),
+                    Err(e) => {
+                        out = Err(e);
+                        break;
+                    }
+                }
+            }
+            self.wide = Some(actions);
+            self.pending = false;
+            return out.map(|()| true);
+        }
         while self.read_row()? {
             if self.record[0] != *self.group_id.as_bytes() {
                 break;
@@ -193,23 +295,7 @@ impl EventCsv {
                     self.line
                 )
             })?;
-            let raw = self.field(2, self.value_column)?;
-            let value: f64 = raw.trim().parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "{}:{}: field `{}`: {raw:?} is not a number",
-                    self.path.display(),
-                    self.line,
-                    self.value_column
-                )
-            })?;
-            if !value.is_finite() {
-                bail!(
-                    "{}:{}: field `{}`: {value} is not finite",
-                    self.path.display(),
-                    self.line,
-                    self.value_column
-                );
-            }
+            let value = self.value_at(2, self.value_column)?;
             self.group.push(action, value);
             self.pending = false;
         }

@@ -1,6 +1,7 @@
 //! Reads the service's decision log (PostgreSQL or SQLite, the tables of
 //! `migrations/`): each decision joined with the sum of its rewards
-//! (several rows for `sum` aggregation; one, possibly the default, else).
+//! (several rows for `sum` aggregation; one, possibly the default, else),
+//! and whether one of them is the default (the window closed).
 //!
 //! A background thread runs the query on its own tokio runtime and streams
 //! rows through a bounded channel (1024 records), so memory stays bounded
@@ -19,9 +20,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 const PG_QUERY: &str = "\
 SELECT d.event_id, d.policy, d.decided_at, d.context::text AS context, \
        d.actions::text AS actions, d.candidates::text AS candidates, d.action, \
-       d.probability, r.reward \
+       d.probability, r.reward, r.is_default \
 FROM decisions d \
-LEFT JOIN (SELECT event_id, SUM(reward) AS reward FROM rewards \
+LEFT JOIN (SELECT event_id, SUM(reward) AS reward, \
+                  MAX(CASE WHEN is_default THEN 1 ELSE 0 END) AS is_default FROM rewards \
            WHERE ($1::text IS NULL OR policy = $1) GROUP BY event_id) r \
        ON r.event_id = d.event_id \
 WHERE ($1::text IS NULL OR d.policy = $1) \
@@ -33,9 +35,10 @@ ORDER BY d.decided_at, d.event_id";
 /// compares chronologically.
 const SQLITE_QUERY: &str = "\
 SELECT d.event_id, d.policy, d.decided_at, d.context, d.actions, d.candidates, \
-       d.action, d.probability, r.reward \
+       d.action, d.probability, r.reward, r.is_default \
 FROM decisions d \
-LEFT JOIN (SELECT event_id, SUM(reward) AS reward FROM rewards \
+LEFT JOIN (SELECT event_id, SUM(reward) AS reward, \
+                  MAX(CASE WHEN is_default THEN 1 ELSE 0 END) AS is_default FROM rewards \
            WHERE (?1 IS NULL OR policy = ?1) GROUP BY event_id) r \
        ON r.event_id = d.event_id \
 WHERE (?1 IS NULL OR d.policy = ?1) \
@@ -106,6 +109,7 @@ fn record(
     action: String,
     probability: f64,
     reward: Option<f64>,
+    is_default: Option<i32>,
 ) -> anyhow::Result<LogRecord> {
     let origin = format!("{table} decisions row event_id={event_id}");
     let json = |field: &str, text: &str| -> anyhow::Result<serde_json::Value> {
@@ -131,6 +135,7 @@ fn record(
         action,
         pscore: probability,
         reward,
+        reward_final: is_default.is_some_and(|d| d != 0),
         position: 0,
         context: Some(context),
         actions,
@@ -160,6 +165,7 @@ macro_rules! record_of_row {
                 $row.try_get("action")?,
                 $row.try_get("probability")?,
                 $row.try_get("reward")?,
+                $row.try_get("is_default")?,
             )
         })()
     };

@@ -170,8 +170,10 @@ impl Default for EstimateOptions {
 /// One estimate of a candidate's policy value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Estimate {
-    /// The estimator's name ([`Estimator::name`]).
-    pub name: &'static str,
+    /// The estimator's name ([`Estimator::name`]); with several
+    /// `--switch-tau` / `--dros-lambda` values, `switch-dr(tau=5)` /
+    /// `dros(lambda=10)`.
+    pub name: String,
     /// The estimated policy value.
     pub value: f64,
     /// Standard error of `value` (sample std of contributions / √n).
@@ -679,7 +681,7 @@ impl Accumulator {
             let bootstrap_ci = boot.as_ref().map(|b| b[j]);
             let (ci_low, ci_high) = bootstrap_ci.unwrap_or(normal_ci);
             estimates.push(Estimate {
-                name: e.name(),
+                name: e.name().to_string(),
                 value,
                 stderr,
                 ci_low,

@@ -145,6 +145,7 @@ pub fn fit_cross(
     filter: &Filter,
     folds: usize,
     reg: f64,
+    mut windows: super::window::Windows,
     bar: ProgressBar,
 ) -> anyhow::Result<Fitted> {
     if !(reg.is_finite() && reg > 0.0) {
@@ -168,7 +169,10 @@ pub fn fit_cross(
     for rec in source.open(filter, true)? {
         let rec = rec?;
         bar.inc(1);
-        let Some(reward) = rec.reward else { continue };
+        // The events the evaluation uses: those with a final outcome.
+        let Some(reward) = windows.judge(&rec) else {
+            continue;
+        };
         if !reward.is_finite() {
             bail!("{}: field `reward`: {reward} is not finite", rec.origin);
         }

@@ -11,7 +11,9 @@
 //!   diagnostics, over an in-memory [`OpeData`] or a stream of [`Round`]s.
 //!   This is the library API other code (tests, `nudge-sim run`) calls.
 //! - [`source`]: `--log SOURCE` readers (JSONL, Open Bandit Dataset CSV,
-//!   and, in `db`, PostgreSQL / SQLite), streaming [`source::LogRecord`]s.
+//!   and, in `db`, PostgreSQL / SQLite), streaming [`source::LogRecord`]s,
+//!   gzip / zstd by extension.
+//! - [`window`]: which events have a final outcome (reward windows).
 //! - [`candidate`]: target-probability and reward-model files joined to the
 //!   log, and policy files run offline (fixed state and learning replay).
 //! - [`fit`]: reward models fitted by the tool (ridge, logistic), with
@@ -32,6 +34,7 @@ pub mod estimators;
 pub mod fit;
 pub mod report;
 pub mod source;
+pub mod window;
 
 pub use estimators::{
     Accumulator, Diagnostics, Estimate, EstimateOptions, Estimator, Evaluation, OpeData, OpeError,
@@ -51,8 +54,9 @@ use std::process::ExitCode;
 /// `nudge-sim evaluate`: off-policy evaluation of candidates on a log.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The log: `postgres://…`, `sqlite://…`, `obd:PATH` (Open Bandit
-    /// Dataset CSV), or a JSONL file.
+    /// The log: `postgres://…`, `sqlite://…`, `obd:PATH` or a `.csv` file
+    /// (Open Bandit Dataset layout, or see `--columns`), or a JSONL file;
+    /// files ending in `.gz` or `.zst` are decompressed.
     #[arg(long, value_name = "SOURCE")]
     pub log: String,
     /// Only decisions of this logging policy.
@@ -64,6 +68,37 @@ pub struct Args {
     /// Only decisions before this instant (RFC 3339).
     #[arg(long)]
     pub until: Option<DateTime<Utc>>,
+    /// A CSV log's columns, `ROLE=COLUMN` comma-separated (roles: action,
+    /// reward, propensity, position, timestamp, event_id, features; a
+    /// features pattern may hold one `*`, e.g. `features=x_*`). Default:
+    /// the Open Bandit Dataset's names.
+    #[arg(long, value_delimiter = ',', value_name = "ROLE=COLUMN,…")]
+    pub columns: Vec<String>,
+    /// The logging policy's file (repeatable, one per logged policy id):
+    /// its reward window, default reward and aggregation decide which
+    /// events have a final outcome. Default: a `--policy` file with the
+    /// logged policy's id.
+    #[arg(long, value_name = "FILE")]
+    pub logging_policy: Vec<PathBuf>,
+    /// The reward window of every event (e.g. `24h`), instead of the
+    /// logging policy's.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reward_window: Option<std::time::Duration>,
+    /// With `--reward-window`: the reward of an event whose window closed
+    /// without one.
+    #[arg(long, default_value_t = 0.0, requires = "reward_window")]
+    pub default_reward: f64,
+    /// Judge reward windows at this instant (RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME")]
+    pub as_of: Option<DateTime<Utc>>,
+    /// Also evaluate events still inside their reward window, with their
+    /// reward so far (the default where none came yet).
+    #[arg(long)]
+    pub include_open: bool,
+    /// Keep events inside their window that are already rewarded under
+    /// `first` aggregation (their first reward is final).
+    #[arg(long)]
+    pub keep_first_rewarded: bool,
     /// A policy file to evaluate (repeatable). Evaluated with a fresh model,
     /// or the `--snapshot` at the same position.
     #[arg(long, value_name = "FILE")]
@@ -71,11 +106,14 @@ pub struct Args {
     /// An NDGM model snapshot for the `--policy` at the same position.
     #[arg(long, value_name = "FILE")]
     pub snapshot: Vec<PathBuf>,
-    /// A CSV `event_id,action,probability`: a candidate's action
-    /// distribution on each logged event (repeatable).
+    /// A candidate's action distribution on each logged event (repeatable):
+    /// CSV `event_id,action,probability` (long) or one row per event,
+    /// `event_id`/`round` then one column per action (wide: `p0,p1,…` or
+    /// action ids).
     #[arg(long, value_name = "FILE")]
     pub target_probs: Vec<PathBuf>,
-    /// A CSV `event_id,action,estimate`: reward-model estimates for DM/DR.
+    /// Reward-model estimates for DM/DR: CSV `event_id,action,estimate`
+    /// (long) or wide (`round,q0,q1,…`, or one column per action id).
     #[arg(long, value_name = "FILE", conflicts_with = "fit_reward_model")]
     pub reward_model: Option<PathBuf>,
     /// Fit the reward model here instead (cross-fitted, see `--folds`).
@@ -93,12 +131,14 @@ pub struct Args {
     /// dr, sndr when there is a reward model.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub estimators: Vec<Estimator>,
-    /// Switch-DR threshold τ on the importance weight.
-    #[arg(long, default_value_t = f64::INFINITY)]
-    pub switch_tau: f64,
-    /// DRos shrinkage λ.
-    #[arg(long, default_value_t = f64::INFINITY)]
-    pub dros_lambda: f64,
+    /// Switch-DR threshold τ on the importance weight; several values
+    /// (`1,5,20`) give one estimate each, keyed `switch-dr(tau=5)`.
+    #[arg(long, value_delimiter = ',', default_value = "inf")]
+    pub switch_tau: Vec<f64>,
+    /// DRos shrinkage λ; several values give one estimate each, keyed
+    /// `dros(lambda=10)`.
+    #[arg(long, value_delimiter = ',', default_value = "inf")]
+    pub dros_lambda: Vec<f64>,
     /// Bootstrap resamples for the confidence intervals (0: normal
     /// approximation from the standard error).
     #[arg(long, default_value_t = 1000)]
@@ -127,6 +167,9 @@ pub struct Args {
 struct Slot {
     name: String,
     main: Accumulator,
+    /// Switch-DR / DRos with the second and later `--switch-tau` /
+    /// `--dros-lambda` values: (estimator, key, accumulator).
+    extra: Vec<(Estimator, String, Accumulator)>,
     /// Replay counted with the candidate's seeded draw (policy files).
     replay: Option<Accumulator>,
     kind: Kind,
@@ -144,8 +187,13 @@ enum Kind {
 pub struct Outcome {
     /// `(candidate name, evaluation)` in command-line order.
     pub candidates: Vec<(String, Evaluation)>,
-    /// Events skipped because they had no reward.
+    /// Events left out because they had no reward and no known window.
     pub skipped_no_reward: u64,
+    /// What the reward-window rule did (see [`window`]).
+    pub windows: window::WindowStats,
+    /// Warnings about the log as a whole (also in every candidate's
+    /// diagnostics).
+    pub warnings: Vec<String>,
 }
 
 /// Runs the command.
@@ -213,26 +261,80 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         alpha: args.alpha,
         bootstrap: args.bootstrap,
         seed: args.seed,
-        switch_tau: args.switch_tau,
-        dros_lambda: args.dros_lambda,
+        switch_tau: args.switch_tau.first().copied().unwrap_or(f64::INFINITY),
+        dros_lambda: args.dros_lambda.first().copied().unwrap_or(f64::INFINITY),
         tiny_propensity: args.tiny_propensity,
     };
-    let source = Source::parse(&args.log);
+    // One accumulator per extra parameter value; the first value is the
+    // main accumulator's. Keys name the value only when there are several.
+    let mut extras: Vec<(Estimator, String, EstimateOptions)> = Vec::new();
+    for (e, values) in [
+        (Estimator::SwitchDr, &args.switch_tau),
+        (Estimator::Dros, &args.dros_lambda),
+    ] {
+        if values.len() < 2 || !which.contains(&e) {
+            continue;
+        }
+        for (i, v) in values.iter().enumerate().skip(1) {
+            if values[..i].contains(v) {
+                bail!("--{}: {v} is given twice", param_flag(e));
+            }
+            let mut o = opts.clone();
+            match e {
+                Estimator::SwitchDr => o.switch_tau = *v,
+                _ => o.dros_lambda = *v,
+            }
+            extras.push((e, param_key(e, *v), o));
+        }
+    }
+    let make_extra = || -> anyhow::Result<Vec<(Estimator, String, Accumulator)>> {
+        extras
+            .iter()
+            .map(|(e, k, o)| Ok((*e, k.clone(), Accumulator::new(o.clone(), has_model)?)))
+            .collect()
+    };
+    let mut source = Source::parse(&args.log);
+    if !args.columns.is_empty() {
+        source = source.with_columns(source::ColumnMap::parse(&args.columns)?)?;
+    }
     let filter = Filter {
         policy_id: args.policy_id.clone(),
         since: args.since,
         until: args.until,
+        with_time: args.reward_window.is_some(),
     };
+
+    let mut rules = std::collections::HashMap::new();
+    for p in &args.logging_policy {
+        window::Windows::add_policy_file(&mut rules, p)
+            .with_context(|| format!("logging policy file {}", p.display()))?;
+    }
+    let fixed_rule = match args.reward_window {
+        Some(w) => Some(window::RewardRule {
+            window: chrono::Duration::from_std(w).context("--reward-window out of range")?,
+            default: args.default_reward,
+            aggregation: None,
+        }),
+        None => None,
+    };
+    if !args.default_reward.is_finite() {
+        bail!("--default-reward must be a finite number");
+    }
 
     let mut slots = Vec::new();
     for (i, p) in args.policy.iter().enumerate() {
         let cand = PolicyCandidate::load(p, args.snapshot.get(i).map(PathBuf::as_path))
             .with_context(|| format!("policy file {}", p.display()))?;
+        // A candidate with the logged policy's id stands in for its file.
+        if let Ok(rule) = window::RewardRule::of_spec(cand.policy.spec()) {
+            rules.entry(cand.policy.id().to_string()).or_insert(rule);
+        }
         let name = p.display().to_string();
         let idx = slots.len();
         slots.push(Slot {
             name: name.clone(),
             main: Accumulator::new(opts.clone(), has_model)?,
+            extra: make_extra()?,
             replay: Some(Accumulator::new(opts.clone(), has_model)?),
             kind: Kind::Policy(Box::new(cand)),
         });
@@ -240,6 +342,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             slots.push(Slot {
                 name: format!("{name} (learning)"),
                 main: Accumulator::new(opts.clone(), has_model)?,
+                extra: Vec::new(),
                 replay: None,
                 kind: Kind::Learning(idx),
             });
@@ -249,10 +352,19 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         slots.push(Slot {
             name: p.display().to_string(),
             main: Accumulator::new(opts.clone(), has_model)?,
+            extra: make_extra()?,
             replay: None,
             kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
         });
     }
+
+    let windows = window::Windows::new(
+        fixed_rule,
+        rules,
+        args.as_of.unwrap_or_else(Utc::now),
+        args.include_open,
+        args.keep_first_rewarded,
+    );
 
     // A fitted reward model needs a first pass over the log.
     let fitted = match args.fit_reward_model {
@@ -262,6 +374,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             &filter,
             args.folds,
             args.reg,
+            windows.clone(),
             progress(&source, "fitting"),
         )?),
         None => None,
@@ -272,15 +385,14 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     };
 
     let bar = progress(&source, "evaluating");
-    let mut skipped = 0u64;
+    let mut windows = windows;
     let mut q_buf = Pairs::default();
     let mut elig_buf = Pairs::default();
     let mut index = 0usize;
     for rec in source.open(&filter, fitted.is_some())? {
         let rec = rec?;
         bar.inc(1);
-        let Some(reward) = rec.reward else {
-            skipped += 1;
+        let Some(reward) = windows.judge(&rec) else {
             continue;
         };
         check_record(&rec, reward)?;
@@ -307,6 +419,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     let dist = eligible_distribution(&rec, dist, &mut elig_buf, &where_)?;
                     let round = round_of(&rec, reward, dist, q, &where_)?;
                     slot.main.push(round);
+                    slot.extra.iter_mut().for_each(|x| x.2.push(round));
                 }
                 Kind::Policy(cand) => {
                     let step = cand.step(&rec, reward)?;
@@ -314,6 +427,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                         rec.origin.to_string()
                     })?;
                     slot.main.push(round);
+                    slot.extra.iter_mut().for_each(|x| x.2.push(round));
                     if let Some(r) = slot.replay.as_mut() {
                         r.push(Round {
                             target_logged: if step.fixed_match { 1.0 } else { 0.0 },
@@ -343,6 +457,13 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     }
     bar.finish_and_clear();
 
+    let warnings = windows.warnings();
+    if index == 0 && windows.stats.open + windows.stats.no_reward_unknown_window > 0 {
+        bail!(
+            "no event to evaluate has a final outcome: {}",
+            warnings.join("; ")
+        );
+    }
     let mut candidates = Vec::new();
     for slot in &slots {
         let ev = match slot.kind {
@@ -372,12 +493,55 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 ev
             }
         };
+        let mut ev = ev;
+        for e in [Estimator::SwitchDr, Estimator::Dros] {
+            let Some(pos) = ev.estimates.iter().position(|x| x.name == e.name()) else {
+                continue;
+            };
+            let mine: Vec<&(Estimator, String, Accumulator)> =
+                slot.extra.iter().filter(|x| x.0 == e).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let first = match e {
+                Estimator::SwitchDr => args.switch_tau[0],
+                _ => args.dros_lambda[0],
+            };
+            ev.estimates[pos].name = param_key(e, first);
+            for (k, (_, key, acc)) in mine.into_iter().enumerate() {
+                let mut est = acc.finish(&[e])?.estimates.remove(0);
+                est.name = key.clone();
+                ev.estimates.insert(pos + 1 + k, est);
+            }
+        }
+        ev.diagnostics
+            .warnings
+            .splice(0..0, warnings.iter().cloned());
         candidates.push((slot.name.clone(), ev));
     }
     Ok(Outcome {
         candidates,
-        skipped_no_reward: skipped,
+        skipped_no_reward: windows.stats.no_reward_unknown_window,
+        windows: windows.stats,
+        warnings,
     })
+}
+
+/// The flag that sets estimator `e`'s parameter.
+fn param_flag(e: Estimator) -> &'static str {
+    match e {
+        Estimator::SwitchDr => "switch-tau",
+        _ => "dros-lambda",
+    }
+}
+
+/// The key of estimator `e` with parameter `v`: `switch-dr(tau=5)`,
+/// `dros(lambda=10)`.
+fn param_key(e: Estimator, v: f64) -> String {
+    match e {
+        Estimator::SwitchDr => format!("switch-dr(tau={v})"),
+        _ => format!("dros(lambda={v})"),
+    }
 }
 
 /// Checks a logged record's numbers, naming where it came from.

@@ -8,11 +8,12 @@ use std::io::Write;
 use std::path::Path;
 
 /// The JSON object of one candidate. Stable keys: `candidate`, `n`,
-/// `skipped_no_reward`, `estimates` (`{name: {value, stderr, ci_low,
+/// `skipped_no_reward`, `reward_windows` (the fields of
+/// [`super::window::WindowStats`]), `estimates` (`{name: {value, stderr, ci_low,
 /// ci_high, ci_method, normal_ci_low, normal_ci_high}}`, `ci_method` being
 /// `"bootstrap"` or `"normal"`) and `diagnostics` (the fields of
 /// [`super::Diagnostics`]). Non-finite numbers are `null`.
-pub fn candidate_json(name: &str, ev: &Evaluation, skipped: u64) -> Value {
+pub fn candidate_json(name: &str, ev: &Evaluation, outcome: &Outcome) -> Value {
     let mut estimates = Map::new();
     for e in &ev.estimates {
         estimates.insert(
@@ -31,7 +32,8 @@ pub fn candidate_json(name: &str, ev: &Evaluation, skipped: u64) -> Value {
     json!({
         "candidate": name,
         "n": ev.n,
-        "skipped_no_reward": skipped,
+        "skipped_no_reward": outcome.skipped_no_reward,
+        "reward_windows": outcome.windows,
         "estimates": estimates,
         "diagnostics": ev.diagnostics,
     })
@@ -40,7 +42,7 @@ pub fn candidate_json(name: &str, ev: &Evaluation, skipped: u64) -> Value {
 /// One JSON object per candidate, one per line.
 pub fn write_json(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result<()> {
     for (name, ev) in &outcome.candidates {
-        let v = candidate_json(name, ev, outcome.skipped_no_reward);
+        let v = candidate_json(name, ev, outcome);
         writeln!(out, "{}", serde_json::to_string(&v)?)?;
     }
     Ok(())
@@ -48,11 +50,16 @@ pub fn write_json(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result<()> 
 
 /// A readable table per candidate, with its diagnostics and warnings.
 pub fn write_table(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result<()> {
-    if outcome.skipped_no_reward > 0 {
+    let w = &outcome.windows;
+    if w.open + w.defaulted + w.included_open + w.kept_first_rewarded + outcome.skipped_no_reward
+        > 0
+    {
         writeln!(
             out,
-            "{} logged events had no reward and were skipped",
-            outcome.skipped_no_reward
+            "reward windows: {} events left out inside their window, {} with no reward and no \
+             known window; {} closed without a reward (default), {} open ones included, {} \
+             kept as rewarded under `first`",
+            w.open, outcome.skipped_no_reward, w.defaulted, w.included_open, w.kept_first_rewarded
         )?;
     }
     for (name, ev) in &outcome.candidates {

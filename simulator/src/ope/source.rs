@@ -16,6 +16,64 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How a file is compressed, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Not compressed.
+    None,
+    /// `.gz`: gzip (several members are read as one stream).
+    Gzip,
+    /// `.zst`: Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The compression of `path` by its extension, and the name without it
+    /// (`log.csv.gz` → gzip, `log.csv`).
+    pub fn of(path: &Path) -> (Compression, String) {
+        let name = path.display().to_string();
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".gz") {
+            (Compression::Gzip, name[..name.len() - 3].to_string())
+        } else if lower.ends_with(".zst") {
+            (Compression::Zstd, name[..name.len() - 4].to_string())
+        } else {
+            (Compression::None, name)
+        }
+    }
+}
+
+/// Opens a file for streaming, decompressing it by extension (`.gz`,
+/// `.zst`), buffered.
+pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    const BUF: usize = 1 << 20;
+    Ok(match Compression::of(path).0 {
+        Compression::None => Box::new(BufReader::with_capacity(BUF, file)),
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            BUF,
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(BUF, file)),
+        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            BUF,
+            zstd::stream::read::Decoder::new(file)
+                .with_context(|| format!("{}: not a Zstandard stream", path.display()))?,
+        )),
+    })
+}
+
+/// A streamed input file, decompressed and buffered ([`open_input`]).
+pub type Input = Box<dyn BufRead + Send>;
+
+/// Whether `path` names a CSV file by its extension (`.csv`, `.csv.gz`,
+/// `.csv.zst`).
+pub fn is_csv(path: &Path) -> bool {
+    Compression::of(path)
+        .1
+        .to_ascii_lowercase()
+        .ends_with(".csv")
+}
+
 /// Where a record came from, for error messages: `file:line`, or a
 /// database row. Formatting is deferred to when a message needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +110,10 @@ pub struct LogRecord {
     pub pscore: f64,
     /// The (summed) reward; `None` when none was logged.
     pub reward: Option<f64>,
+    /// The log says the outcome is final: it holds the default reward
+    /// (the service's default row, JSONL `default_reward`), or it was
+    /// simulated (JSONL `outcome_final`).
+    pub reward_final: bool,
     /// Slot position (OBD); 0 otherwise.
     pub position: u32,
     /// The request context (JSON sources), for policy files and reward-model
@@ -76,6 +138,7 @@ impl LogRecord {
             action: ev.action,
             pscore: ev.probability,
             reward: ev.reward,
+            reward_final: ev.default_reward || ev.outcome_final,
             position: 0,
             context: Some(ev.context),
             actions: ev.actions,
@@ -94,6 +157,9 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     /// Only decisions strictly before this instant.
     pub until: Option<DateTime<Utc>>,
+    /// Read decision times even without a time filter (CSV logs: the
+    /// reward window needs them).
+    pub with_time: bool,
 }
 
 impl Filter {
@@ -119,9 +185,10 @@ pub enum Source {
     Postgres(String),
     /// `sqlite://…` or `sqlite:…`.
     Sqlite(String),
-    /// `obd:PATH`: an Open Bandit Dataset CSV.
-    Obd(PathBuf),
-    /// Anything else: a JSONL file.
+    /// `obd:PATH`, or a path ending in `.csv` (`.csv.gz`, `.csv.zst`): a
+    /// CSV in the Open Bandit Dataset layout.
+    Obd(PathBuf, ColumnMap),
+    /// Anything else: a JSONL file (compressed by extension).
     Jsonl(PathBuf),
 }
 
@@ -133,9 +200,23 @@ impl Source {
         } else if s.starts_with("sqlite:") {
             Source::Sqlite(s.to_string())
         } else if let Some(p) = s.strip_prefix("obd:") {
-            Source::Obd(PathBuf::from(p))
+            Source::Obd(PathBuf::from(p), ColumnMap::default())
+        } else if is_csv(Path::new(s)) {
+            Source::Obd(PathBuf::from(s), ColumnMap::default())
         } else {
             Source::Jsonl(PathBuf::from(s))
+        }
+    }
+
+    /// The source with a CSV column mapping (`--columns`); an error for a
+    /// source that is not a CSV.
+    pub fn with_columns(self, columns: ColumnMap) -> anyhow::Result<Source> {
+        match self {
+            Source::Obd(p, _) => Ok(Source::Obd(p, columns)),
+            other => bail!(
+                "--columns maps the columns of a CSV log (`.csv`, `.csv.gz`, `.csv.zst` or \
+                 `obd:PATH`); {other:?} is not one"
+            ),
         }
     }
 
@@ -149,7 +230,12 @@ impl Source {
     ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<LogRecord>> + Send>> {
         Ok(match self {
             Source::Jsonl(p) => Box::new(JsonlReader::open(p, filter.clone())?),
-            Source::Obd(p) => Box::new(ObdReader::open(p, filter.clone(), with_features)?),
+            Source::Obd(p, cols) => Box::new(ObdReader::open_mapped(
+                p,
+                filter.clone(),
+                with_features,
+                cols,
+            )?),
             Source::Postgres(url) | Source::Sqlite(url) => {
                 Box::new(super::db::DbReader::open(url, filter.clone())?)
             }
@@ -159,7 +245,7 @@ impl Source {
     /// The size in bytes of a file source (for the progress bar).
     pub fn file_len(&self) -> Option<u64> {
         match self {
-            Source::Jsonl(p) | Source::Obd(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Source::Jsonl(p) | Source::Obd(p, _) => std::fs::metadata(p).ok().map(|m| m.len()),
             _ => None,
         }
     }
@@ -169,7 +255,7 @@ impl Source {
 pub struct JsonlReader {
     path: PathBuf,
     name: Arc<str>,
-    reader: BufReader<File>,
+    reader: Input,
     line: String,
     line_no: u64,
     filter: Filter,
@@ -178,11 +264,10 @@ pub struct JsonlReader {
 impl JsonlReader {
     /// Opens `path`.
     pub fn open(path: &Path, filter: Filter) -> anyhow::Result<JsonlReader> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         Ok(JsonlReader {
             name: path.display().to_string().into(),
             path: path.to_path_buf(),
-            reader: BufReader::with_capacity(1 << 20, file),
+            reader: open_input(path)?,
             line: String::new(),
             line_no: 0,
             filter,
@@ -190,6 +275,21 @@ impl JsonlReader {
     }
 
     fn parse(&self) -> anyhow::Result<LoggedEvent> {
+        let text = self.line.trim();
+        if !text.starts_with('{') {
+            let hint = if text.contains(',') {
+                "; it looks like CSV: name the file `.csv` (or `.csv.gz`, `.csv.zst`) or give \
+                 `obd:PATH`"
+            } else {
+                ""
+            };
+            bail!(
+                "{}:{}: expected a JSON object (one logged decision per line), found {:?}{hint}",
+                self.path.display(),
+                self.line_no,
+                text.chars().take(40).collect::<String>()
+            );
+        }
         let mut de = serde_json::Deserializer::from_str(self.line.trim_end());
         let event: LoggedEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             anyhow::anyhow!(
@@ -246,63 +346,214 @@ impl Iterator for JsonlReader {
 pub struct ObdReader {
     path: PathBuf,
     name: Arc<str>,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<Input>,
     record: csv::ByteRecord,
     row: u64,
     cols: ObdColumns,
     filter: Filter,
     with_features: bool,
+    /// Parse the timestamp (a time filter or a reward window needs it).
+    needs_time: bool,
 }
 
 struct ObdColumns {
-    timestamp: Option<usize>,
-    item_id: usize,
-    position: Option<usize>,
-    click: usize,
-    propensity: usize,
+    timestamp: Option<(usize, String)>,
+    event_id: Option<(usize, String)>,
+    item_id: (usize, String),
+    position: Option<(usize, String)>,
+    click: (usize, String),
+    propensity: (usize, String),
     features: Vec<(usize, String)>,
+}
+
+/// Which CSV column holds what (`--columns`): by default the Open Bandit
+/// Dataset's names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnMap {
+    /// The logged action (`item_id`).
+    pub action: String,
+    /// The reward (`click`).
+    pub reward: String,
+    /// The logging propensity (`propensity_score`).
+    pub propensity: String,
+    /// The slot position, optional (`position`).
+    pub position: String,
+    /// The decision time, optional (`timestamp`).
+    pub timestamp: String,
+    /// The event id, optional: without it, data row `i` (from 0) is event `i`.
+    pub event_id: Option<String>,
+    /// Feature columns: names, or patterns with one `*` (`x_*`).
+    pub features: Vec<String>,
+    /// Optional columns named explicitly, which must then exist.
+    required: Vec<&'static str>,
+}
+
+impl Default for ColumnMap {
+    fn default() -> ColumnMap {
+        ColumnMap {
+            action: "item_id".into(),
+            reward: "click".into(),
+            propensity: "propensity_score".into(),
+            position: "position".into(),
+            timestamp: "timestamp".into(),
+            event_id: None,
+            features: vec!["user_feature_*".into(), "user-item_affinity_*".into()],
+            required: Vec::new(),
+        }
+    }
+}
+
+impl ColumnMap {
+    /// The roles `--columns` accepts.
+    pub const ROLES: [&'static str; 7] = [
+        "action",
+        "reward",
+        "propensity",
+        "position",
+        "timestamp",
+        "event_id",
+        "features",
+    ];
+
+    /// Parses `ROLE=COLUMN` items (`features=` may repeat; each replaces
+    /// the default feature patterns).
+    pub fn parse(items: &[String]) -> anyhow::Result<ColumnMap> {
+        let mut map = ColumnMap::default();
+        let mut features = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for item in items {
+            let Some((role, col)) = item.split_once('=') else {
+                bail!(
+                    "--columns: {item:?} is not ROLE=COLUMN (roles: {})",
+                    Self::ROLES.join(", ")
+                );
+            };
+            let (role, col) = (role.trim(), col.trim());
+            if col.is_empty() {
+                bail!("--columns: {role}= names no column");
+            }
+            let Some(known) = Self::ROLES.iter().find(|r| **r == role) else {
+                bail!(
+                    "--columns: unknown role {role:?} in {item:?} (roles: {})",
+                    Self::ROLES.join(", ")
+                );
+            };
+            if *known != "features" {
+                if seen.contains(known) {
+                    bail!("--columns: {role} is mapped twice");
+                }
+                seen.push(known);
+            }
+            match *known {
+                "action" => map.action = col.into(),
+                "reward" => map.reward = col.into(),
+                "propensity" => map.propensity = col.into(),
+                "position" => map.position = col.into(),
+                "timestamp" => map.timestamp = col.into(),
+                "event_id" => map.event_id = Some(col.into()),
+                _ => {
+                    if col.matches('*').count() > 1 {
+                        bail!("--columns: features={col}: at most one `*` in a pattern");
+                    }
+                    features.push(col.to_string());
+                }
+            }
+            if matches!(*known, "position" | "timestamp" | "event_id") {
+                map.required.push(known);
+            }
+        }
+        if !features.is_empty() {
+            map.features = features;
+        }
+        Ok(map)
+    }
+
+    fn is_feature(&self, header: &str) -> bool {
+        self.features.iter().any(|p| match p.split_once('*') {
+            None => p == header,
+            Some((pre, post)) => {
+                header.len() >= pre.len() + post.len()
+                    && header.starts_with(pre)
+                    && header.ends_with(post)
+            }
+        })
+    }
 }
 
 impl ObdReader {
     /// Opens `path` and checks its header.
     pub fn open(path: &Path, filter: Filter, with_features: bool) -> anyhow::Result<ObdReader> {
+        Self::open_mapped(path, filter, with_features, &ColumnMap::default())
+    }
+
+    /// Opens `path` with a column mapping and checks its header.
+    pub fn open_mapped(
+        path: &Path,
+        filter: Filter,
+        with_features: bool,
+        map: &ColumnMap,
+    ) -> anyhow::Result<ObdReader> {
         if filter.policy_id.is_some() {
             bail!(
                 "{}: an Open Bandit Dataset CSV has no policy column; drop --policy-id",
                 path.display()
             );
         }
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
-            .from_reader(BufReader::with_capacity(1 << 20, file));
+            .from_reader(open_input(path)?);
         let headers = reader
             .headers()
             .with_context(|| format!("{}:1: cannot read the header", path.display()))?
             .clone();
-        let find = |name: &str| headers.iter().position(|h| h == name);
-        let need = |name: &str| {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim() == name)
+                .map(|i| (i, name.to_string()))
+        };
+        let default = *map == ColumnMap::default();
+        let need = |role: &str, name: &str| {
             find(name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{}:1: missing column `{name}` (an Open Bandit Dataset CSV has timestamp, \
-                     item_id, position, click, propensity_score, user_feature_*, \
-                     user-item_affinity_*)",
-                    path.display()
-                )
+                let found = headers.iter().collect::<Vec<_>>().join(",");
+                if default {
+                    anyhow::anyhow!(
+                        "{}:1: missing column `{name}` (an Open Bandit Dataset CSV has timestamp, \
+                         item_id, position, click, propensity_score, user_feature_*, \
+                         user-item_affinity_*; map other names with --columns \
+                         {role}=COLUMN,…); the header is `{found}`",
+                        path.display()
+                    )
+                } else {
+                    anyhow::anyhow!(
+                        "{}:1: missing column `{name}` (mapped to {role} by --columns); the \
+                         header is `{found}`",
+                        path.display()
+                    )
+                }
             })
         };
+        let optional = |role: &'static str, name: &str| {
+            if map.required.contains(&role) {
+                need(role, name).map(Some)
+            } else {
+                Ok(find(name))
+            }
+        };
         let cols = ObdColumns {
-            timestamp: find("timestamp"),
-            item_id: need("item_id")?,
-            position: find("position"),
-            click: need("click")?,
-            propensity: need("propensity_score")?,
+            timestamp: optional("timestamp", &map.timestamp)?,
+            event_id: match &map.event_id {
+                Some(c) => Some(need("event_id", c)?),
+                None => None,
+            },
+            item_id: need("action", &map.action)?,
+            position: optional("position", &map.position)?,
+            click: need("reward", &map.reward)?,
+            propensity: need("propensity", &map.propensity)?,
             features: headers
                 .iter()
                 .enumerate()
-                .filter(|(_, h)| {
-                    h.starts_with("user_feature_") || h.starts_with("user-item_affinity_")
-                })
+                .filter(|(_, h)| map.is_feature(h.trim()))
                 .map(|(i, h)| (i, h.to_string()))
                 .collect(),
         };
@@ -313,6 +564,7 @@ impl ObdReader {
             record: csv::ByteRecord::new(),
             row: 0,
             cols,
+            needs_time: filter.since.is_some() || filter.until.is_some() || filter.with_time,
             filter,
             with_features,
         })
@@ -348,12 +600,13 @@ impl ObdReader {
 
     fn parse(&self) -> anyhow::Result<Option<LogRecord>> {
         let line = self.row + 2;
-        let at = match self.cols.timestamp {
-            Some(c) if self.filter.since.is_some() || self.filter.until.is_some() => {
-                let s = self.field(c, "timestamp")?;
+        let at = match &self.cols.timestamp {
+            Some((c, name)) if self.needs_time => {
+                let s = self.field(*c, name)?;
                 Some(parse_obd_time(s).ok_or_else(|| {
                     anyhow::anyhow!(
-                        "{}:{line}: field `timestamp`: {s:?} is not a timestamp",
+                        "{}:{line}: field `{name}`: {s:?} is not a timestamp (RFC 3339, or \
+                         `YYYY-MM-DD HH:MM:SS+00:00`)",
                         self.path.display()
                     )
                 })?)
@@ -363,13 +616,21 @@ impl ObdReader {
         if !self.filter.keeps(None, at) {
             return Ok(None);
         }
-        let action = self.field(self.cols.item_id, "item_id")?.trim().to_string();
-        let position = match self.cols.position {
-            Some(c) => {
-                let p = self.number(c, "position")?;
-                if p < 0.0 || p.fract() != 0.0 {
+        let (c, name) = &self.cols.item_id;
+        let action = self.field(*c, name)?.trim().to_string();
+        if action.is_empty() {
+            bail!(
+                "{}:{line}: field `{name}` (the action): empty",
+                self.path.display()
+            );
+        }
+        let position = match &self.cols.position {
+            Some((c, name)) => {
+                let p = self.number(*c, name)?;
+                if p < 0.0 || p.fract() != 0.0 || p > f64::from(u32::MAX) {
                     bail!(
-                        "{}:{line}: field `position`: {p} is not a non-negative integer",
+                        "{}:{line}: field `{name}` (the position): {p} is not a non-negative \
+                         integer",
                         self.path.display()
                     );
                 }
@@ -377,8 +638,21 @@ impl ObdReader {
             }
             None => 0,
         };
-        let reward = self.number(self.cols.click, "click")?;
-        let pscore = self.number(self.cols.propensity, "propensity_score")?;
+        let reward = self.number(self.cols.click.0, &self.cols.click.1)?;
+        let pscore = self.number(self.cols.propensity.0, &self.cols.propensity.1)?;
+        let event_id = match &self.cols.event_id {
+            Some((c, name)) => {
+                let id = self.field(*c, name)?.trim();
+                if id.is_empty() {
+                    bail!(
+                        "{}:{line}: field `{name}` (the event id): empty",
+                        self.path.display()
+                    );
+                }
+                id.to_string()
+            }
+            None => self.row.to_string(),
+        };
         let mut features = Vec::new();
         if self.with_features {
             for (c, name) in &self.cols.features {
@@ -392,13 +666,14 @@ impl ObdReader {
             }
         }
         Ok(Some(LogRecord {
-            event_id: self.row.to_string(),
+            event_id,
             origin: Origin::Line(self.name.clone(), line),
             policy: None,
             decided_at: at,
             action,
             pscore,
             reward: Some(reward),
+            reward_final: false,
             position,
             context: None,
             actions: None,
