@@ -14,9 +14,14 @@
 //!   floor, Thompson win probabilities by quadrature) and the seeded sampler.
 //! - [`policy`]: policy files (`policies/*.toml`) parsed into validated
 //!   specs, and the decide / learn procedures that tie the layers together.
+//! - [`guardrails`]: notification guardrails: the `[guardrails]` table, a
+//!   user's send history, eligibility before propensities, local time.
+//! - [`service`]: the domain layer (decide, rewards, activations) that the
+//!   HTTP handlers, the outbox replay and the background tasks call.
+//! - [`clock`]: the service's clock (tests set it).
 //! - [`store`]: the shared model store (in-process, or Redis): pending
-//!   events, the learned stream, snapshots; and the outbox that keeps what
-//!   an unavailable store could not take.
+//!   events, the learned stream, snapshots, user histories and budgets; and
+//!   the outbox that keeps what an unavailable store could not take.
 //! - [`recovery`]: replaying the outbox once the store answers again.
 //! - [`log`]: the decision log (SQLite or PostgreSQL), batched and spooled.
 //! - [`runtime`]: a live policy: its local model kept in step with the store.
