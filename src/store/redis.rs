@@ -174,6 +174,22 @@ impl RedisStore {
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
+        // redis-rs loads a script the server does not know and retries once;
+        // a `SCRIPT FLUSH` (or a failover to a fresh replica) between that
+        // load and the retry still answers NOSCRIPT: load it again. Scripts
+        // are atomic, so a NOSCRIPT answer means nothing ran.
+        for _ in 0..2 {
+            match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await {
+                Ok(Err(e))
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    continue;
+                }
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                Err(_) => return Err(StoreError::Timeout),
+            }
+        }
         self.timed(inv.invoke_async(&mut conn)).await
     }
 
