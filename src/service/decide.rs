@@ -177,7 +177,7 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         .as_ref()
         .and_then(|g| g.eligibility.send_at[chosen_arm])
         .and_then(DateTime::from_timestamp_millis);
-    let ranking = ranking(&decision, &ids, &arm_ids, guarded.as_ref(), &input.excluded);
+    let ranking = ranking(&decision, &ids, &arm_ids, guarded.as_ref());
     let response = DecideResponse {
         event_id: input.event_id.clone(),
         policy: spec.id.clone(),
@@ -473,7 +473,6 @@ fn ranking(
     ids: &[&str],
     all: &[&str],
     guarded: Option<&Guarded>,
-    caller_excluded: &[String],
 ) -> Vec<Ranked> {
     let mut out: Vec<Ranked> = decision
         .slate
@@ -497,13 +496,10 @@ fn ranking(
         if decision.candidates.contains(&arm) {
             continue;
         }
-        let reason = match guarded {
-            Some(g) => g.eligibility.reasons[arm].unwrap_or(Exclusion::Excluded),
-            None => {
-                debug_assert!(caller_excluded.iter().any(|e| e == id));
-                Exclusion::Excluded
-            }
-        };
+        // Without guardrails only the caller excludes arms.
+        let reason = guarded
+            .and_then(|g| g.eligibility.reasons[arm])
+            .unwrap_or(Exclusion::Excluded);
         out.push(Ranked {
             id: id.to_string(),
             probability: 0.0,
