@@ -28,6 +28,21 @@ pub struct Settings {
     pub state_path: Option<PathBuf>,
     /// `NUDGE_REDIS_PREFIX`: prefix of every Redis key.
     pub redis_prefix: String,
+    /// `NUDGE_REDIS_CLUSTER`: `NUDGE_REDIS_URL` names a Redis Cluster's seed
+    /// nodes, separated by commas.
+    pub redis_cluster: bool,
+    /// `NUDGE_REDIS_SHARDS`: shards per policy (1..=1024; default 1 on one
+    /// node, 16 on a cluster). A policy's events, rewards and learned
+    /// entries spread over this many hash slots, so keep it at least the
+    /// number of masters. Fixed for a deployment's life: it decides which
+    /// key holds an event.
+    pub redis_shards: Option<u16>,
+    /// `NUDGE_REDIS_WAIT_REPLICAS`: replicas that must acknowledge every
+    /// write (Redis `WAIT`) before it counts as done; 0 = none. With 1 or
+    /// more, an acknowledged decision or reward survives a master failover.
+    pub redis_wait_replicas: u32,
+    /// `NUDGE_REDIS_WAIT_MS`: how long a write waits for those replicas.
+    pub redis_wait_ms: u64,
     /// `NUDGE_STORE_TIMEOUT_MS`: bound on every store call.
     pub store_timeout_ms: u64,
     /// `NUDGE_DATABASE_URL`: decision log, `postgres://…` or `sqlite://…`.
@@ -96,6 +111,10 @@ impl Default for Settings {
             redis_url: None,
             state_path: None,
             redis_prefix: "nudge".into(),
+            redis_cluster: false,
+            redis_shards: None,
+            redis_wait_replicas: 0,
+            redis_wait_ms: 100,
             store_timeout_ms: 500,
             database_url: "sqlite://nudge.db".into(),
             migrate: true,
@@ -130,6 +149,26 @@ impl Settings {
             .merge(Env::prefixed("NUDGE_").ignore(&["CONFIG"]))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The Redis store's configuration for `urls` (`NUDGE_REDIS_URL`).
+    pub fn redis_config(&self, urls: &str) -> crate::store::RedisConfig {
+        crate::store::RedisConfig {
+            urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect(),
+            cluster: self.redis_cluster,
+            prefix: self.redis_prefix.clone(),
+            timeout: self.store_timeout(),
+            shards: self
+                .redis_shards
+                .unwrap_or(if self.redis_cluster { 16 } else { 1 }),
+            wait_replicas: self.redis_wait_replicas,
+            wait_timeout: Duration::from_millis(self.redis_wait_ms),
+        }
     }
 
     /// `store_timeout_ms` as a duration.

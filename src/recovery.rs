@@ -12,7 +12,7 @@ use crate::log::{ActivationRow, LogRecord};
 use crate::runtime::PolicyRuntime;
 use crate::service::reward::{reward_value, rewarded};
 use crate::store::outbox::Op;
-use crate::store::{ActivateOutcome, RewardOutcome, StoreError};
+use crate::store::{ActivateOutcome, Recorded, RewardOutcome, RewardRequest, StoreError};
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,11 +146,14 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
                 return Ok(Applied::Rejected("unknown_policy"));
             };
             // `Existing` means it was stored already (a replay): fine.
-            state
+            match state
                 .store
                 .record(policy, event, &rt.rules, *now_ms)
-                .await?;
-            Ok(Applied::Done)
+                .await?
+            {
+                Recorded::New | Recorded::Existing(_) => Ok(Applied::Done),
+                Recorded::OtherPolicy(_) => Ok(Applied::Rejected("event_id_taken")),
+            }
         }
         Op::Reward {
             reward_id,
@@ -174,15 +177,15 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
             };
             let outcome = state
                 .store
-                .reward_once(
-                    rt.id(),
-                    event_id,
-                    action.as_deref(),
-                    value,
-                    &rt.rules,
-                    received_at.timestamp_millis(),
-                    &reward_id.to_string(),
-                )
+                .reward(&RewardRequest {
+                    policy: rt.id(),
+                    event_id: event_id,
+                    action: action.as_deref(),
+                    reward: value,
+                    rules: &rt.rules,
+                    now_ms: received_at.timestamp_millis(),
+                    reward_id: Some(&reward_id.to_string()),
+                })
                 .await?;
             let action = match outcome {
                 RewardOutcome::Learned(a)

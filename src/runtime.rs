@@ -10,7 +10,7 @@ use crate::log::{DecisionLog, LogRecord, RewardRow};
 use crate::metrics::Metrics;
 use crate::model::{LinearModel, codec};
 use crate::policy::{Aggregation, Policy};
-use crate::store::{RewardRules, Store, StoreError, StreamId};
+use crate::store::{Cursor, RewardRules, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 #[derive(Debug)]
 struct SyncState {
     epoch: Option<u64>,
-    cursor: StreamId,
+    cursor: Cursor,
     /// Entries folded since the last snapshot this replica saved or loaded.
     unsaved: u64,
     last_snapshot: Instant,
@@ -61,7 +61,7 @@ impl PolicyRuntime {
             model,
             sync: Mutex::new(SyncState {
                 epoch: None,
-                cursor: StreamId::default(),
+                cursor: Cursor::default(),
                 unsaved: 0,
                 last_snapshot: Instant::now(),
             }),
@@ -86,7 +86,7 @@ impl PolicyRuntime {
         let mut st = self.sync.lock().await;
         let mut applied = 0;
         loop {
-            let batch = store.sync(self.id(), st.epoch, st.cursor, BATCH).await?;
+            let batch = store.sync(self.id(), st.epoch, &st.cursor, BATCH).await?;
             let mut model = match batch.snapshot {
                 Some(snap) => {
                     st.cursor = snap.cursor;
@@ -106,7 +106,7 @@ impl PolicyRuntime {
                         .with_label_values(&[self.id()])
                         .inc();
                 }
-                st.cursor = e.id;
+                st.cursor.advance(usize::from(e.shard), e.id);
                 st.unsaved += 1;
                 applied += 1;
             }
@@ -169,7 +169,7 @@ impl PolicyRuntime {
         }
         let blob = codec::encode(&self.model.load().state());
         let saved = store
-            .save_snapshot(self.id(), epoch, &blob, st.cursor)
+            .save_snapshot(self.id(), epoch, &blob, &st.cursor)
             .await?;
         st.unsaved = 0;
         st.last_snapshot = Instant::now();

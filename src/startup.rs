@@ -80,16 +80,15 @@ impl Application {
                 )
             })
             .collect();
-        let store = match &settings.redis_url {
-            Some(url) => Store::Redis(Arc::new(RedisStore::new(
-                url,
-                &settings.redis_prefix,
-                settings.store_timeout(),
-            )?)),
-            None => Store::Memory(match &settings.state_path {
-                Some(path) => MemoryStore::load(path)?,
-                None => MemoryStore::new(),
-            }),
+        let (store, embedded) = match &settings.redis_url {
+            Some(urls) => (Store::new(RedisStore::with_config(&settings.redis_config(urls))?), None),
+            None => {
+                let memory = match &settings.state_path {
+                    Some(path) => MemoryStore::load(path)?,
+                    None => MemoryStore::new(),
+                };
+                (Store::new(memory.clone()), Some(memory))
+            }
         };
         let log = DecisionLog::start(&LogSettings {
             database_url: settings.database_url.clone(),
@@ -115,6 +114,7 @@ impl Application {
             draining: AtomicBool::new(false),
             outbox,
             clock: crate::clock::Clock::system(),
+            embedded,
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
@@ -284,7 +284,7 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
 
 /// Embedded mode with a state path: saves the in-process store.
 async fn save_state(state: &AppState) {
-    if let (Store::Memory(store), Some(path)) = (&state.store, &state.settings.state_path) {
+    if let (Some(store), Some(path)) = (&state.embedded, &state.settings.state_path) {
         let saved = store.save(path).await;
         if saved.is_err() {
             state.store_result("save_state", &saved);

@@ -783,7 +783,7 @@ async fn an_unreadable_learned_entry_is_skipped_and_learning_goes_on_after_it() 
     let mut conn = client.get_connection().unwrap();
     // A vector of 5 bytes cannot be eight-byte floats.
     let _: String = redis::cmd("XADD")
-        .arg(format!("{}:{{push}}:learned", app.settings.redis_prefix))
+        .arg(format!("{}:{{s0}}:push:ls", app.settings.redis_prefix))
         .arg("*")
         .arg(&[
             "e", "garbage", "a", "a", "m", "0", "x", "abcde", "r", "1", "d", "0",

@@ -467,7 +467,7 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 fn learned_stream(redis: &RedisServer, prefix: &str, policy: &str) -> Vec<(String, bool, f64)> {
     let mut conn = redis.client().get_connection().unwrap();
     let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:{{{policy}}}:learned"))
+        .arg(format!("{prefix}:{{s0}}:{policy}:ls"))
         .arg("-")
         .arg("+")
         .query(&mut conn)
@@ -488,25 +488,33 @@ fn learned_stream(redis: &RedisServer, prefix: &str, policy: &str) -> Vec<(Strin
         .collect()
 }
 
-/// Event ids the store holds for a policy.
+/// Event ids the store holds for a policy (one shard: the default on one
+/// node). An event's blob names its policy in its second field.
 fn stored_events(redis: &RedisServer, prefix: &str, policy: &str) -> BTreeSet<String> {
     let mut conn = redis.client().get_connection().unwrap();
-    let head = format!("{prefix}:{{{policy}}}:ev:");
+    let head = format!("{prefix}:{{s0}}:e:");
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{head}*"))
         .query(&mut conn)
         .unwrap();
+    let tag = format!("1:2{}:{policy}", policy.len());
     keys.into_iter()
+        .filter(|k| {
+            let blob: Vec<u8> = redis::cmd("GET").arg(k).query(&mut conn).unwrap();
+            blob.starts_with(tag.as_bytes())
+        })
         .map(|k| k[head.len()..].to_owned())
         .collect()
 }
 
+/// The policy's pending events (the store's count).
 fn due_count(redis: &RedisServer, prefix: &str, policy: &str) -> u64 {
     let mut conn = redis.client().get_connection().unwrap();
-    redis::cmd("ZCARD")
-        .arg(format!("{prefix}:{{{policy}}}:due"))
+    let n: Option<u64> = redis::cmd("GET")
+        .arg(format!("{prefix}:{{s0}}:{policy}:n"))
         .query(&mut conn)
-        .unwrap()
+        .unwrap();
+    n.unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

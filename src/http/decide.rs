@@ -139,6 +139,7 @@ fn check_action_id(id: &str, field: String) -> Result<(), ApiError> {
             history feature sent in `context`",
             body = super::error::ErrorBody),
         (status = 404, description = "`unknown_policy`: no loaded policy has this id", body = super::error::ErrorBody),
+        (status = 409, description = "`event_id_taken`: another policy decided this `event_id` (rewards name only the event, so ids are unique across policies)", body = super::error::ErrorBody),
         (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
         (status = 500, description = "`internal`: the model does not fit its policy (a bug, never the request's fault)", body = super::error::ErrorBody),
     )
@@ -235,6 +236,10 @@ pub async fn decide(
 fn decide_failure(e: DecideFailure) -> ApiError {
     match e {
         DecideFailure::Invalid(e) => decide_error(e),
+        e @ DecideFailure::EventIdTaken(_) => ApiError {
+            field: e.field(),
+            ..ApiError::new(StatusCode::CONFLICT, "event_id_taken", e.to_string())
+        },
         other => ApiError {
             field: other.field(),
             ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", other.to_string())

@@ -8,7 +8,7 @@ use crate::policy::RewardError;
 use crate::runtime::PolicyRuntime;
 use crate::service::{self, reward::ActivationCheck, reward::RewardInputError};
 use crate::store::outbox::Op;
-use crate::store::{ActivateOutcome, RewardOutcome, StoreError};
+use crate::store::{ActivateOutcome, RewardOutcome, RewardRequest, StoreError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -168,15 +168,15 @@ pub async fn reward(
         (Some(rt), Some(value)) if !state.outbox.active() => {
             let outcome = state
                 .store
-                .reward_once(
-                    rt.id(),
-                    &body.event_id,
-                    body.action.as_deref(),
-                    value,
-                    &rt.rules,
-                    now.timestamp_millis(),
-                    &reward_id.to_string(),
-                )
+                .reward(&RewardRequest {
+                    policy: rt.id(),
+                    event_id: &body.event_id,
+                    action: body.action.as_deref(),
+                    reward: value,
+                    rules: &rt.rules,
+                    now_ms: now.timestamp_millis(),
+                    reward_id: Some(&reward_id.to_string()),
+                })
                 .await;
             queue_unless_stored(&state, "reward", outcome)?
         }

@@ -3,6 +3,7 @@
 //! away) and log the decision.
 
 use super::Service;
+use super::stored;
 use crate::features::{FeatureValue, Features};
 use crate::guardrails::{self, Eligibility, Exclusion, Guardrails, Situation, Tz};
 use crate::log::{DecisionRow, JsonText, LogRecord};
@@ -58,6 +59,10 @@ pub enum DecideFailure {
     /// The context sets a feature Nudge computes from the user's history.
     #[error("`{0}` is a history feature: Nudge computes it from the user's sends; do not send it")]
     HistoryFeatureSent(String),
+    /// The event id was decided by another policy (rewards name only the
+    /// event, so an id is unique across policies while it is remembered).
+    #[error("event_id was already decided by policy `{0}`; event ids are unique across policies")]
+    EventIdTaken(String),
 }
 
 impl DecideFailure {
@@ -67,6 +72,7 @@ impl DecideFailure {
             DecideFailure::Invalid(e) => e.field(),
             DecideFailure::UserRequired => Some("user".into()),
             DecideFailure::HistoryFeatureSent(name) => Some(format!("context.{name}")),
+            DecideFailure::EventIdTaken(_) => Some("event_id".into()),
         }
     }
 }
@@ -193,6 +199,10 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         forced: guarded.as_ref().is_some_and(|g| g.eligibility.forced),
     };
     let response_json = serde_json::to_string(&response).expect("a response serialises");
+    let stored_arms: &[String] = match spec.mode {
+        Mode::Disjoint => &spec.arms,
+        Mode::Shared => &[],
+    };
 
     let now = input.now;
     let record = EventRecord {
@@ -208,7 +218,7 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
             .collect(),
         deadline_ms: now.timestamp_millis() + runtime.rules.window_ms,
         deferred: input.defer,
-        response: response_json,
+        response: stored::encode(&response, stored_arms),
     };
     let recorded = if svc.outbox.active() {
         // Earlier operations wait for the store: this one queues behind
@@ -229,7 +239,21 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
     };
     let degraded = match recorded {
         // A retry: the first answer stands, and it is logged once.
-        Some(Ok(Recorded::Existing(previous))) => return Ok(previous),
+        Some(Ok(Recorded::Existing(previous))) => {
+            return match stored::decode(&previous, &input.event_id, &spec.id, stored_arms) {
+                Ok(r) => Ok(serde_json::to_string(&r).expect("a response serialises")),
+                Err(e) => {
+                    // The first answer cannot be read back (corrupt, or the
+                    // policy lost arms since): this answer stands, unlogged,
+                    // rather than failing the retry.
+                    tracing::error!(event = input.event_id, error = %e, "stored response unreadable");
+                    Ok(response_json)
+                }
+            };
+        }
+        Some(Ok(Recorded::OtherPolicy(other))) => {
+            return Err(DecideFailure::EventIdTaken(other));
+        }
         Some(Ok(Recorded::New)) => false,
         // The store is unavailable: answer anyway, from the last model this
         // replica has, and queue the event for the store, so it is learned
@@ -314,7 +338,7 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         degraded,
         guardrails: guardrails_json,
     }));
-    Ok(record.response)
+    Ok(response_json)
 }
 
 /// The decision row's `guardrails` column.

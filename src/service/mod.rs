@@ -5,6 +5,7 @@
 
 pub mod decide;
 pub mod reward;
+pub mod stored;
 
 use crate::config::Settings;
 use crate::log::DecisionLog;
@@ -38,6 +39,9 @@ pub struct Service {
     pub outbox: crate::store::outbox::Outbox,
     /// The clock decisions and activations are made by.
     pub clock: crate::clock::Clock,
+    /// The in-process store when it is the store (embedded mode): what is
+    /// saved to `NUDGE_STATE_PATH`.
+    pub embedded: Option<crate::store::MemoryStore>,
 }
 
 impl Service {

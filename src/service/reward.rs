@@ -105,7 +105,7 @@ async fn note_outcome(svc: &Service, runtime: &PolicyRuntime, event_id: &str, va
     let Ok(Some(response)) = svc.store.event_response(runtime.id(), event_id).await else {
         return;
     };
-    let Ok(response) = serde_json::from_str::<DecideResponse>(&response) else {
+    let Ok(response) = stored_response(runtime, event_id, &response) else {
         return;
     };
     if let Some(user) = &response.user {
@@ -142,7 +142,7 @@ pub async fn reserve_activation(
     let Some(response) = svc.store.event_response(spec.id.as_str(), event_id).await? else {
         return Ok(ActivationCheck::Allowed);
     };
-    let response: DecideResponse = serde_json::from_str(&response)
+    let response = stored_response(runtime, event_id, &response)
         .map_err(|e| StoreError::Corrupt(format!("stored response: {e}")))?;
     let Some(arm) = spec.arm_index(&response.action).filter(|a| g.send[*a]) else {
         return Ok(ActivationCheck::Allowed);
@@ -258,4 +258,18 @@ pub fn budget_slots(g: &guardrails::Guardrails, policy: &str, now_ms: i64) -> Ve
             ttl_ms: (b.window(now_ms) + 1) * b.per_ms - now_ms + 60_000,
         })
         .collect()
+}
+
+/// A pending event's stored response, read back.
+fn stored_response(
+    runtime: &PolicyRuntime,
+    event_id: &str,
+    bytes: &[u8],
+) -> Result<DecideResponse, crate::store::compact::CodecError> {
+    let spec = runtime.policy.spec();
+    let arms: &[String] = match spec.mode {
+        crate::policy::Mode::Disjoint => &spec.arms,
+        crate::policy::Mode::Shared => &[],
+    };
+    super::stored::decode(bytes, event_id, &spec.id, arms)
 }

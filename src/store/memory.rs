@@ -12,8 +12,8 @@
 
 use super::users::{BudgetSlot, Reservation, SendReservation};
 use super::{
-    ActivateOutcome, EventRecord, LearnedEntry, Recorded, RewardOutcome, RewardRules, Snapshot,
-    StoreError, StreamId, SweepResult, SyncBatch,
+    ActivateOutcome, Cursor, EventRecord, LearnedEntry, ModelStore, Recorded, RewardOutcome,
+    RewardRequest, RewardRules, Snapshot, StoreError, StreamId, SweepResult, SyncBatch,
 };
 use crate::guardrails::UserHistory;
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,7 @@ impl PolicyData {
         let event = &self.events[event_id];
         let s = &event.record.slots[slot];
         let entry = LearnedEntry {
+            shard: 0,
             id,
             event_id: event_id.to_string(),
             action: s.action.clone(),
@@ -184,8 +185,16 @@ impl MemoryStore {
         // in a way later calls trip over: continue with the data.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    pub(super) async fn record(
+/// One shard: every entry's cursor position is `cursor.get(0)`.
+#[async_trait::async_trait]
+impl ModelStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn record(
         &self,
         policy: &str,
         event: &EventRecord,
@@ -193,6 +202,12 @@ impl MemoryStore {
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
         let mut inner = self.lock();
+        if let Some((other, expires)) = inner.index.get(&event.event_id)
+            && other != policy
+            && *expires > now_ms
+        {
+            return Ok(Recorded::OtherPolicy(other.clone()));
+        }
         let data = inner.policies.entry(policy.to_string()).or_default();
         if let Some(existing) = data.live(&event.event_id, now_ms) {
             return Ok(Recorded::Existing(existing.record.response.clone()));
@@ -223,22 +238,22 @@ impl MemoryStore {
         Ok(Recorded::New)
     }
 
-    pub(super) async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+    async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
         let inner = self.lock();
         Ok(inner.index.get(event_id).map(|(p, _)| p.clone()))
     }
 
-    #[allow(clippy::too_many_arguments)] // mirrors `Store::reward_once`
-    pub(super) async fn reward(
-        &self,
-        policy: &str,
-        event_id: &str,
-        action: Option<&str>,
-        reward: f64,
-        rules: &RewardRules,
-        now_ms: i64,
-        reward_id: &str,
-    ) -> Result<RewardOutcome, StoreError> {
+    async fn reward(&self, r: &RewardRequest<'_>) -> Result<RewardOutcome, StoreError> {
+        let &RewardRequest {
+            policy,
+            event_id,
+            action,
+            reward,
+            rules,
+            now_ms,
+            reward_id,
+        } = r;
+        let reward_id = reward_id.unwrap_or("");
         let mut inner = self.lock();
         let data = inner.policies.entry(policy.to_string()).or_default();
         let Some(event) = data.live(event_id, now_ms) else {
@@ -280,7 +295,7 @@ impl MemoryStore {
         Ok(RewardOutcome::Learned(action))
     }
 
-    pub(super) async fn activate(
+    async fn activate(
         &self,
         policy: &str,
         event_id: &str,
@@ -315,7 +330,7 @@ impl MemoryStore {
         Ok(ActivateOutcome::Activated)
     }
 
-    pub(super) async fn sweep(
+    async fn sweep(
         &self,
         policy: &str,
         rules: &RewardRules,
@@ -380,13 +395,14 @@ impl MemoryStore {
         Ok(result)
     }
 
-    pub(super) async fn sync(
+    async fn sync(
         &self,
         policy: &str,
         epoch: Option<u64>,
-        cursor: StreamId,
+        cursor: &Cursor,
         limit: usize,
     ) -> Result<SyncBatch, StoreError> {
+        let cursor = cursor.get(0);
         let mut inner = self.lock();
         let data = inner.policies.entry(policy.to_string()).or_default();
         let reload = epoch != Some(data.epoch) || data.snapshot_cursor > cursor;
@@ -400,21 +416,26 @@ impl MemoryStore {
             .collect();
         Ok(SyncBatch {
             epoch: data.epoch,
-            snapshot: reload.then(|| Snapshot {
-                blob: data.snapshot_blob.clone(),
-                cursor: data.snapshot_cursor,
+            snapshot: reload.then(|| {
+                let mut cursor = Cursor::default();
+                cursor.advance(0, data.snapshot_cursor);
+                Snapshot {
+                    blob: data.snapshot_blob.clone(),
+                    cursor,
+                }
             }),
             entries,
         })
     }
 
-    pub(super) async fn save_snapshot(
+    async fn save_snapshot(
         &self,
         policy: &str,
         epoch: u64,
         blob: &[u8],
-        cursor: StreamId,
+        cursor: &Cursor,
     ) -> Result<bool, StoreError> {
+        let cursor = cursor.get(0);
         let mut inner = self.lock();
         let data = inner.policies.entry(policy.to_string()).or_default();
         if data.epoch != epoch || cursor <= data.snapshot_cursor {
@@ -426,7 +447,7 @@ impl MemoryStore {
         Ok(true)
     }
 
-    pub(super) async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
+    async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let data = inner.policies.entry(policy.to_string()).or_default();
         let last = data.stream.back().map_or(data.snapshot_cursor, |e| e.id);
@@ -437,20 +458,20 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
+    async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
         let inner = self.lock();
         Ok(inner.policies.get(policy).map_or(0, |d| d.due.len() as u64))
     }
 
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
-    pub(super) async fn event_response(
+    async fn event_response(
         &self,
         policy: &str,
         event_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .policies
@@ -462,7 +483,7 @@ impl MemoryStore {
     // Reads do not expire anything: every rule counts only the sends inside
     // its own window, and reservations forget what is past the retention
     // (by the decision's clock, not the system's).
-    pub(super) async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
+    async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
         let inner = self.lock();
         Ok(inner
             .users
@@ -471,7 +492,7 @@ impl MemoryStore {
             .unwrap_or_default())
     }
 
-    pub(super) async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
+    async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
         // A window's counter is keyed by its index: an old one is never read.
         let inner = self.lock();
         Ok(slots
@@ -480,7 +501,7 @@ impl MemoryStore {
             .collect())
     }
 
-    pub(super) async fn reserve_send(
+    async fn reserve_send(
         &self,
         r: &SendReservation<'_>,
     ) -> Result<Reservation, StoreError> {
@@ -555,7 +576,7 @@ impl MemoryStore {
         Ok(Reservation::Reserved)
     }
 
-    pub(super) async fn note_outcome(
+    async fn note_outcome(
         &self,
         user: &str,
         event_id: &str,

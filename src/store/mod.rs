@@ -16,18 +16,20 @@
 //! learned twice or lost. Snapshots let the stream be trimmed and new
 //! replicas start quickly.
 //!
-//! Two implementations share these semantics exactly: [`MemoryStore`]
-//! (embedded, one process) and [`RedisStore`] (production; Lua scripts make
-//! each operation atomic, and every key of a policy shares a Redis Cluster
-//! hash tag).
+//! [`ModelStore`] states the contract; two implementations share these
+//! semantics exactly: [`MemoryStore`] (embedded, one process) and
+//! [`RedisStore`] (production, on one Redis node or a Redis Cluster; Lua
+//! scripts make each operation atomic within one hash slot, and a policy's
+//! per-event keys are spread over shards with their own hash tags).
 
+pub mod compact;
 mod memory;
 pub mod outbox;
 mod redis;
 pub mod users;
 
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{RedisConfig, RedisStore};
 pub use users::{BudgetSlot, Reservation, SendReservation};
 
 use crate::guardrails::UserHistory;
@@ -98,8 +100,25 @@ pub struct EventRecord {
     pub deadline_ms: i64,
     /// Decided with `defer`: learned only once activated.
     pub deferred: bool,
-    /// The decision response, returned verbatim to a retried decide.
-    pub response: String,
+    /// The decision response in the service's stored form (opaque to the
+    /// store), returned to a retried decide.
+    #[serde(deserialize_with = "response_bytes")]
+    pub response: Vec<u8>,
+}
+
+/// Reads a stored response as bytes, also from an outbox line written
+/// before responses were bytes (a JSON string: its UTF-8 text).
+fn response_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+    Ok(match serde::Deserialize::deserialize(d)? {
+        Either::Text(s) => s.into_bytes(),
+        Either::Bytes(b) => b,
+    })
 }
 
 /// Whether a decision was new or a retry.
@@ -109,7 +128,10 @@ pub enum Recorded {
     New,
     /// The event id was decided before: answer with this stored response
     /// and log nothing.
-    Existing(String),
+    Existing(Vec<u8>),
+    /// The event id was decided by this other policy (still remembered):
+    /// nothing was stored.
+    OtherPolicy(String),
 }
 
 /// What a policy's reward settings tell the store.
@@ -169,7 +191,9 @@ pub enum ActivateOutcome {
 /// An entry of the learned stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LearnedEntry {
-    /// Stream position.
+    /// The shard whose stream holds it.
+    pub shard: u16,
+    /// Stream position (within its shard).
     pub id: StreamId,
     /// The event.
     pub event_id: String,
@@ -201,8 +225,8 @@ pub struct Snapshot {
     /// Encoded model state ([`crate::model::codec`]); `None` before the first
     /// snapshot (a fresh model).
     pub blob: Option<Vec<u8>>,
-    /// The stream position the snapshot includes.
-    pub cursor: StreamId,
+    /// The stream positions the snapshot includes.
+    pub cursor: Cursor,
 }
 
 /// What a replica must fold into its model.
@@ -239,213 +263,240 @@ impl StoreError {
     }
 }
 
-/// The store of a service: one of the two implementations.
+/// The model store: what every replica shares. One implementation per
+/// backend ([`MemoryStore`], [`RedisStore`] on one node or a Redis Cluster);
+/// a service holds it as a [`Store`].
 ///
-/// Contract, for both: every operation is atomic with respect to all
-/// replicas; a [`RewardOutcome::Learned`] or a sweep appends each
-/// (event, action) to the stream at most once, and the sweep appends every
-/// slot not yet learned exactly once when its window closes.
-#[derive(Clone)]
-pub enum Store {
-    /// In-process (embedded default).
-    Memory(MemoryStore),
-    /// Redis (production).
-    Redis(std::sync::Arc<RedisStore>),
-}
+/// # Contract (every implementation)
+/// - **Atomicity.** Each call is atomic with respect to every other call
+///   from any replica: no reader sees half of a record, reward, activation
+///   or sweep.
+/// - **Exactly once.** Each slot of a recorded event is appended to the
+///   policy's learned stream exactly once: by the first reward
+///   ([`RewardOutcome::Learned`]) or, when its window closes, by a sweep
+///   (its sum, or the default reward). A reward with a `reward_id` already
+///   applied to the event changes nothing and answers
+///   [`RewardOutcome::Duplicate`]; a retried [`ModelStore::record`] returns
+///   the first response ([`Recorded::Existing`]).
+/// - **Ordering.** [`ModelStore::sync`] hands every replica the same
+///   entries in the same order (a prefix of one total order over all
+///   shards of the policy, see [`Cursor`]), from the same snapshot, so
+///   replicas that folded to the same cursor hold bit-identical models.
+/// - **Failure.** An `Err` means the store may or may not have applied the
+///   call (a timeout after the server acted). Every mutating call is
+///   idempotent when retried with the same arguments (event id, reward
+///   id), which is how the outbox replays them; a caller must never assume
+///   an error means "nothing happened". [`StoreError::is_transient`] tells
+///   an outage from data the store will never accept.
+/// - **Time.** Every deadline is judged by the caller's `now_ms`, never by
+///   the store's clock (Redis key expiry only forgets events after their
+///   retention).
+#[async_trait::async_trait]
+pub trait ModelStore: Send + Sync + 'static {
+    /// A short name for health reports (`memory`, `redis`, `redis-cluster`).
+    fn kind(&self) -> &'static str;
 
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Memory($s) => $call,
-            Store::Redis($s) => $call,
-        }
-    };
-}
-
-impl Store {
     /// Stores a new decision, or returns the earlier response for a retried
-    /// event id.
-    pub async fn record(
+    /// event id ([`Recorded::OtherPolicy`] if another policy decided it:
+    /// rewards name only the event, so an id is unique across policies).
+    async fn record(
         &self,
         policy: &str,
         event: &EventRecord,
         rules: &RewardRules,
         now_ms: i64,
-    ) -> Result<Recorded, StoreError> {
-        dispatch!(self, s => s.record(policy, event, rules, now_ms).await)
-    }
+    ) -> Result<Recorded, StoreError>;
 
     /// The policy that decided `event_id`, if it is still remembered.
-    pub async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.event_policy(event_id).await)
-    }
+    async fn event_policy(&self, event_id: &str) -> Result<Option<String>, StoreError>;
 
-    /// Applies a reward for `action` of `event_id` (`None`: the chosen one).
-    pub async fn reward(
-        &self,
-        policy: &str,
-        event_id: &str,
-        action: Option<&str>,
-        reward: f64,
-        rules: &RewardRules,
-        now_ms: i64,
-    ) -> Result<RewardOutcome, StoreError> {
-        dispatch!(self, s => s.reward(policy, event_id, action, reward, rules, now_ms, "").await)
-    }
-
-    /// [`Store::reward`] with an idempotency key: a `reward_id` already
-    /// applied to this event is not applied again and answers
-    /// [`RewardOutcome::Duplicate`], so a reward retried after a timeout (or
-    /// replayed from the outbox after a crash) is learned once.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reward_once(
-        &self,
-        policy: &str,
-        event_id: &str,
-        action: Option<&str>,
-        reward: f64,
-        rules: &RewardRules,
-        now_ms: i64,
-        reward_id: &str,
-    ) -> Result<RewardOutcome, StoreError> {
-        dispatch!(self, s => s.reward(policy, event_id, action, reward, rules, now_ms, reward_id).await)
-    }
+    /// Applies a reward (see [`RewardRequest`]).
+    async fn reward(&self, r: &RewardRequest<'_>) -> Result<RewardOutcome, StoreError>;
 
     /// Activates a deferred decision: its reward window starts now.
-    pub async fn activate(
+    async fn activate(
         &self,
         policy: &str,
         event_id: &str,
         rules: &RewardRules,
         now_ms: i64,
-    ) -> Result<ActivateOutcome, StoreError> {
-        dispatch!(self, s => s.activate(policy, event_id, rules, now_ms).await)
-    }
+    ) -> Result<ActivateOutcome, StoreError>;
 
-    /// Closes every window due by `now_ms` (at most `limit` events): learns
-    /// defaults (or sums), drops unactivated deferred events.
-    pub async fn sweep(
+    /// Closes windows due by `now_ms` (at most about `limit` events per
+    /// call): learns defaults (or sums), drops unactivated deferred events.
+    /// A window ending at `d` is closed by a sweep at any `now_ms >= d`
+    /// rounded up to the store's granularity (the Redis store groups
+    /// deadlines by second); rewards are judged by the exact deadline.
+    async fn sweep(
         &self,
         policy: &str,
         rules: &RewardRules,
         now_ms: i64,
         limit: usize,
-    ) -> Result<SweepResult, StoreError> {
-        dispatch!(self, s => s.sweep(policy, rules, now_ms, limit).await)
-    }
+    ) -> Result<SweepResult, StoreError>;
 
-    /// What a replica at `(epoch, cursor)` must fold next (at most `limit`
-    /// entries).
-    pub async fn sync(
+    /// What a replica at `(epoch, cursor)` must fold next (at most about
+    /// `limit` entries), in the order every replica folds them.
+    async fn sync(
         &self,
         policy: &str,
         epoch: Option<u64>,
-        cursor: StreamId,
+        cursor: &Cursor,
         limit: usize,
-    ) -> Result<SyncBatch, StoreError> {
-        dispatch!(self, s => s.sync(policy, epoch, cursor, limit).await)
-    }
+    ) -> Result<SyncBatch, StoreError>;
 
     /// Saves a snapshot that includes the stream up to `cursor`, if it is
-    /// newer than the stored one and no reset happened since `epoch`; trims
-    /// the stream before it. Returns whether it was saved.
-    pub async fn save_snapshot(
+    /// newer than the stored one (no shard behind, one ahead) and no reset
+    /// happened since `epoch`; trims the stream before it. Returns whether
+    /// it was saved.
+    async fn save_snapshot(
         &self,
         policy: &str,
         epoch: u64,
         blob: &[u8],
-        cursor: StreamId,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.save_snapshot(policy, epoch, blob, cursor).await)
-    }
+        cursor: &Cursor,
+    ) -> Result<bool, StoreError>;
 
     /// Resets the model to `blob` (a fresh state): bumps the epoch so every
     /// replica reloads, and drops the stream learned so far.
-    pub async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
-        dispatch!(self, s => s.reset(policy, blob).await)
-    }
+    async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError>;
 
     /// Events whose window is still open (or awaiting activation).
-    pub async fn pending(&self, policy: &str) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.pending(policy).await)
-    }
+    async fn pending(&self, policy: &str) -> Result<u64, StoreError>;
 
     /// The stored decision response of a pending event (what a retried
     /// decide gets), if the event is still remembered.
-    pub async fn event_response(
+    async fn event_response(
         &self,
         policy: &str,
         event_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.event_response(policy, event_id).await)
-    }
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// A user's kept sends and their version (empty, version 0, for a user
     /// never sent to).
-    pub async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError> {
-        dispatch!(self, s => s.user_history(user).await)
-    }
+    async fn user_history(&self, user: &str) -> Result<UserHistory, StoreError>;
 
     /// Sends counted so far in each budget window.
-    pub async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError> {
-        dispatch!(self, s => s.budget_used(slots).await)
-    }
+    async fn budget_used(&self, slots: &[BudgetSlot]) -> Result<Vec<u64>, StoreError>;
 
     /// Adds a send to a user's history and counts it in its budgets,
     /// atomically against concurrent reservations (see [`users`]).
-    pub async fn reserve_send(&self, r: &SendReservation<'_>) -> Result<Reservation, StoreError> {
-        dispatch!(self, s => s.reserve_send(r).await)
-    }
+    async fn reserve_send(&self, r: &SendReservation<'_>) -> Result<Reservation, StoreError>;
 
     /// Records the reward a user's send earned (for outcome features).
     /// Returns whether the send was still kept.
-    pub async fn note_outcome(
+    async fn note_outcome(
         &self,
         user: &str,
         event_id: &str,
         outcome: f64,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.note_outcome(user, event_id, outcome).await)
-    }
+    ) -> Result<bool, StoreError>;
 
     /// Whether the store answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping().await)
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A reward for one action of one event.
+#[derive(Debug, Clone, Copy)]
+pub struct RewardRequest<'a> {
+    /// The policy that decided the event.
+    pub policy: &'a str,
+    /// The event.
+    pub event_id: &'a str,
+    /// The rewarded slate action (`None`: the chosen one).
+    pub action: Option<&'a str>,
+    /// The reward value.
+    pub reward: f64,
+    /// The policy's reward rules.
+    pub rules: &'a RewardRules,
+    /// The caller's clock (unix ms): judged against the event's deadline.
+    pub now_ms: i64,
+    /// An idempotency key: a reward id already applied to this event is
+    /// not applied again, so a reward retried after a timeout (or replayed
+    /// from the outbox after a crash) is learned once.
+    pub reward_id: Option<&'a str>,
+}
+
+/// The store of a service (cheap to clone; every clone is the same store).
+#[derive(Clone)]
+pub struct Store(std::sync::Arc<dyn ModelStore>);
+
+impl Store {
+    /// Wraps an implementation.
+    pub fn new(store: impl ModelStore) -> Self {
+        Store(std::sync::Arc::new(store))
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn ModelStore;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+/// Where a replica stands in a policy's learned stream: one position per
+/// shard (the Redis store spreads a policy over shards; the memory store
+/// has one). Text form: `ms-seq,ms-seq,…`.
+///
+/// The order every replica folds entries in is fixed by the entries, not by
+/// when a replica reads them: entries are ordered by `(ms, shard, seq)`,
+/// and a sync hands out only a prefix of that order that can no longer
+/// grow (see [`RedisStore`]), so two replicas at the same cursor folded the
+/// same entries in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor(Vec<StreamId>);
+
+impl Cursor {
+    /// The position in `shard` (`0-0` before its first entry).
+    pub fn get(&self, shard: usize) -> StreamId {
+        self.0.get(shard).copied().unwrap_or_default()
     }
 
-    /// A short name for health reports.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Store::Memory(_) => "memory",
-            Store::Redis(_) => "redis",
+    /// Moves `shard` to `id`.
+    pub fn advance(&mut self, shard: usize, id: StreamId) {
+        if self.0.len() <= shard {
+            self.0.resize(shard + 1, StreamId::default());
         }
+        self.0[shard] = id;
+    }
+
+    /// Whether this cursor is at or past `other` in every shard.
+    pub fn covers(&self, other: &Cursor) -> bool {
+        let n = self.0.len().max(other.0.len());
+        (0..n).all(|s| self.get(s) >= other.get(s))
+    }
+
+    /// The positions, shard by shard.
+    pub fn shards(&self) -> &[StreamId] {
+        &self.0
     }
 }
 
-/// Encodes a feature vector as little-endian f64 bytes (what the Redis
-/// scripts copy around without parsing).
-pub(crate) fn encode_vector(x: &[f64]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "0-0");
+        }
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
+    }
 }
 
-/// Decodes [`encode_vector`] output; every value must be finite.
-pub(crate) fn decode_vector(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
-    if !bytes.len().is_multiple_of(8) {
-        return Err(StoreError::Corrupt(format!(
-            "vector of {} bytes",
-            bytes.len()
-        )));
+impl FromStr for Cursor {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let ids = s
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<StreamId>, _>>()?;
+        Ok(Cursor(ids))
     }
-    let x: Vec<f64> = bytes
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    if x.iter().any(|v| !v.is_finite()) {
-        return Err(StoreError::Corrupt(
-            "non-finite value in a stored vector".into(),
-        ));
-    }
-    Ok(x)
 }
 
 #[cfg(test)]

@@ -792,3 +792,186 @@ async fn load_task(
     }
     report
 }
+
+// ---------------------------------------------------------- Redis Cluster
+
+/// A private Redis Cluster: `masters` masters with `replicas` replicas
+/// each, every node a `redis-server --cluster-enabled yes` on a free port
+/// below 55535 (a node also listens on port + 10000 for the cluster bus),
+/// joined by `redis-cli --cluster create`. A short node timeout (1 s) makes
+/// a killed master's replica take over in a few seconds.
+pub struct RedisCluster {
+    /// Every node, masters first as created.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of a [`RedisCluster`].
+pub struct ClusterNode {
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already runs", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        wait_listening(self.port, Duration::from_secs(10), "cluster node");
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on its port and directory: it rejoins the cluster
+    /// (a killed master comes back as a replica of the one that replaced it).
+    pub fn restart(&mut self) {
+        self.start();
+    }
+
+    fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap()
+    }
+
+    /// `CLUSTER INFO`/`INFO` field `name` of this node.
+    pub fn info_field(&self, section: &str, name: &str) -> Option<String> {
+        let mut conn = self.client().get_connection().ok()?;
+        let text: String = if section == "cluster" {
+            redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()?
+        } else {
+            redis::cmd("INFO").arg(section).query(&mut conn).ok()?
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_string())
+    }
+
+    /// Whether it runs and is a master.
+    pub fn is_master(&self) -> bool {
+        self.child.is_some() && self.info_field("replication", "role").as_deref() == Some("master")
+    }
+
+    /// Keys it holds.
+    pub fn dbsize(&self) -> u64 {
+        let mut conn = self.client().get_connection().unwrap();
+        redis::cmd("DBSIZE").query(&mut conn).unwrap()
+    }
+}
+
+/// A free port `p < 55535` with `p + 10000` free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55535 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node
+    /// reports `cluster_state:ok`.
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let mut nodes: Vec<ClusterNode> = (0..masters * (1 + replicas))
+            .map(|_| ClusterNode {
+                port: free_cluster_port(),
+                dir: tempfile::Builder::new()
+                    .prefix("nudge-cluster-")
+                    .tempdir()
+                    .unwrap(),
+                child: None,
+            })
+            .collect();
+        for n in &mut nodes {
+            n.start();
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        create
+            .args(["--cluster-replicas", &replicas.to_string()])
+            .arg("--cluster-yes");
+        run(&mut create);
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The seed URLs, comma-separated (`NUDGE_REDIS_URL` with
+    /// `NUDGE_REDIS_CLUSTER=true`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A cluster client (for inspecting keys).
+    pub fn client(&self) -> redis::cluster::ClusterClient {
+        redis::cluster::ClusterClient::new(
+            self.nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| format!("redis://127.0.0.1:{}", n.port))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and there
+    /// are as many running masters as slots ranges (panics after `limit`).
+    pub fn wait_ok(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|n| n.info_field("cluster", "cluster_state").as_deref() == Some("ok"));
+            if ok {
+                return;
+            }
+            assert!(started.elapsed() < limit, "cluster not ok within {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Indices of the running masters.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_master())
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+}

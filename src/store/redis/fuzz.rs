@@ -3,8 +3,9 @@
 //! key, another program's data, a truncated write), decoding gives an
 //! error, never a panic. Seeds are fixed.
 
-use super::*;
-use crate::store::Slot;
+use super::blob::*;
+use crate::store::{EventRecord, Slot, StoreError, StreamId};
+use redis::Value;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
@@ -24,7 +25,7 @@ fn event() -> impl Strategy<Value = EventRecord> {
         "[A-Za-z0-9_.:-]{1,20}",
         any::<i64>(),
         any::<bool>(),
-        "(?s).{0,40}",
+        vec(any::<u8>(), 0..40),
         vec(("(?s).{0,12}", any::<u32>(), vec(-1e6f64..1e6, 0..5)), 1..4),
     )
         .prop_map(
@@ -96,13 +97,15 @@ proptest! {
     #![proptest_config(config(2000, 5))]
 
     #[test]
-    fn an_event_blob_round_trips_its_response(e in event()) {
-        prop_assert_eq!(decode_response(&encode_event(&e)).unwrap(), e.response);
+    fn an_event_blob_round_trips_its_policy_and_response(e in event(), policy in "[a-z_]{1,20}") {
+        let head = decode_head(&encode_event(&policy, &e)).unwrap();
+        prop_assert_eq!(head.policy, policy);
+        prop_assert_eq!(head.response, e.response);
     }
 
     #[test]
     fn arbitrary_event_blobs_never_panic(bytes in vec(any::<u8>(), 0..200)) {
-        let _ = decode_response(&bytes);
+        let _ = decode_head(&bytes);
     }
 
     #[test]
@@ -120,28 +123,28 @@ proptest! {
             any::<u32>().prop_map(|n| n.to_string()),
         ],
     ) {
-        let blob = encode_event(&e);
+        let blob = encode_event("p", &e);
         let mut flipped = blob.clone();
         let i = at.index(flipped.len());
         flipped[i] = byte;
-        let _ = decode_response(&flipped);
-        let _ = decode_response(&blob[..cut.index(blob.len())]);
+        let _ = decode_head(&flipped);
+        let _ = decode_head(&blob[..cut.index(blob.len())]);
         // A length prefix claiming more than there is (or more than a
         // usize holds) in place of the first field's.
         let colon = blob.iter().position(|b| *b == b':').unwrap();
         let mut lying = length.into_bytes();
         lying.extend_from_slice(&blob[colon..]);
-        let _ = decode_response(&lying);
+        let _ = decode_head(&lying);
     }
 
     #[test]
     fn arbitrary_stream_replies_never_panic(v in reply()) {
-        let _ = parse_entry(v);
+        let _ = parse_entry(v, 0);
     }
 
     #[test]
     fn stream_entries_with_bad_fields_are_refused_not_fatal(v in entry_like()) {
-        if let Ok(entry) = parse_entry(v) {
+        if let Ok(entry) = parse_entry(v, 0) {
             prop_assert!(entry.reward.is_finite());
             prop_assert!(entry.x.iter().all(|v| v.is_finite()));
         }
@@ -156,7 +159,10 @@ proptest! {
         if let Ok(v) = parse_f64(&s) {
             prop_assert!(v.is_finite());
         }
-        if let Ok(x) = decode_vector(&bytes) {
+        if let Ok(x) = decode_raw_vector(&bytes) {
+            prop_assert!(x.iter().all(|v| v.is_finite()));
+        }
+        if let Ok(x) = decode_compact_vector(&bytes) {
             prop_assert!(x.iter().all(|v| v.is_finite()));
         }
     }
@@ -168,7 +174,7 @@ fn a_length_prefix_near_usize_max_is_corrupt_not_an_overflow() {
     // (wrong) slice bound in release.
     let blob = format!("{}:x", usize::MAX);
     assert!(matches!(
-        decode_response(blob.as_bytes()),
+        decode_head(blob.as_bytes()),
         Err(StoreError::Corrupt(_))
     ));
 }
