@@ -81,7 +81,10 @@ impl Application {
             })
             .collect();
         let (store, embedded) = match &settings.redis_url {
-            Some(urls) => (Store::new(RedisStore::with_config(&settings.redis_config(urls))?), None),
+            Some(urls) => (
+                Store::new(RedisStore::with_config(&settings.redis_config(urls))?),
+                None,
+            ),
             None => {
                 let memory = match &settings.state_path {
                     Some(path) => MemoryStore::load(path)?,

@@ -97,8 +97,7 @@ pub fn decode(
             .cloned()
             .ok_or(CodecError("arm index beyond the policy's arms"))
     };
-    let policy_version =
-        u32::try_from(r.varint()?).map_err(|_| CodecError("policy version"))?;
+    let policy_version = u32::try_from(r.varint()?).map_err(|_| CodecError("policy version"))?;
     let model_version = r.varint()?;
     let flags = r.u8()?;
     let action = id(&mut r)?;
@@ -196,7 +195,12 @@ mod tests {
         (r.user, r.timezone, r.send_at) = (None, None, None);
         let bytes = encode(&r, &arms());
         let json = serde_json::to_string(&r).unwrap();
-        assert!(bytes.len() * 8 < json.len(), "{} vs {}", bytes.len(), json.len());
+        assert!(
+            bytes.len() * 8 < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
     }
 
     #[test]
@@ -217,7 +221,10 @@ mod tests {
     fn corrupt_bytes_are_errors_not_panics() {
         let bytes = encode(&response(), &arms());
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n], "e", "p", &arms()).is_err(), "prefix {n}");
+            assert!(
+                decode(&bytes[..n], "e", "p", &arms()).is_err(),
+                "prefix {n}"
+            );
         }
         // An arm index beyond a policy that lost arms.
         assert!(decode(&bytes, "e", "p", &arms()[..3]).is_err());

@@ -254,9 +254,7 @@ impl<'a> Reader<'a> {
     fn parse(&mut self, m: u64, e: i32) -> Result<f64, CodecError> {
         self.scratch.clear();
         write!(self.scratch, "{m}e{e}").map_err(|_| CodecError("format"))?;
-        self.scratch
-            .parse()
-            .map_err(|_| CodecError("bad decimal"))
+        self.scratch.parse().map_err(|_| CodecError("bad decimal"))
     }
 
     /// A length-prefixed vector of f64s.

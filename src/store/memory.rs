@@ -501,10 +501,7 @@ impl ModelStore for MemoryStore {
             .collect())
     }
 
-    async fn reserve_send(
-        &self,
-        r: &SendReservation<'_>,
-    ) -> Result<Reservation, StoreError> {
+    async fn reserve_send(&self, r: &SendReservation<'_>) -> Result<Reservation, StoreError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let now = r.now_ms;

@@ -195,7 +195,10 @@ async fn closed_windows_learn_the_sum_or_the_default_exactly_once() {
             .await
             .unwrap();
         for v in [0.5, 1.25] {
-            let out = s.reward_at("p", "summed", None, v, &r, T0 + 10).await.unwrap();
+            let out = s
+                .reward_at("p", "summed", None, v, &r, T0 + 10)
+                .await
+                .unwrap();
             assert_eq!(out, RewardOutcome::Accumulated("act0".into()));
         }
         let early = s.sweep("p", &r, T0 + 999, 100).await.unwrap();
@@ -277,7 +280,9 @@ async fn deferred_decisions_are_learned_only_once_activated() {
         );
         // d1's window restarted at activation: open until T0 + 1500.
         assert_eq!(
-            s.reward_at("p", "d1", None, 1.0, &r, T0 + 1400).await.unwrap(),
+            s.reward_at("p", "d1", None, 1.0, &r, T0 + 1400)
+                .await
+                .unwrap(),
             RewardOutcome::Learned("act0".into())
         );
         let entries = s
@@ -305,7 +310,10 @@ async fn replicas_fold_the_stream_from_snapshots_and_reload_after_a_reset() {
         let first = s.sync("p", None, &Cursor::default(), 3).await.unwrap();
         assert_eq!(first.entries.len(), 3, "limit respected");
         let cursor = first.entries[2].id;
-        let rest = s.sync("p", Some(first.epoch), &at(cursor), 100).await.unwrap();
+        let rest = s
+            .sync("p", Some(first.epoch), &at(cursor), 100)
+            .await
+            .unwrap();
         assert!(rest.snapshot.is_none());
         assert_eq!(
             rest.entries.iter().map(|e| e.reward).collect::<Vec<_>>(),
@@ -337,7 +345,10 @@ async fn replicas_fold_the_stream_from_snapshots_and_reload_after_a_reset() {
         // entries learned before are gone.
         let last = rest.entries[1].id;
         s.reset("p", b"fresh").await.unwrap();
-        let after = s.sync("p", Some(first.epoch), &at(last), 100).await.unwrap();
+        let after = s
+            .sync("p", Some(first.epoch), &at(last), 100)
+            .await
+            .unwrap();
         assert_ne!(after.epoch, first.epoch);
         assert_eq!(after.snapshot.unwrap().blob.as_deref(), Some(&b"fresh"[..]));
         assert!(after.entries.is_empty());
@@ -501,10 +512,17 @@ async fn a_sharded_store_learns_every_event_once_in_one_order_for_every_reader()
     // A snapshot at the cursor: a reader from scratch reloads it and reads
     // nothing more; one ahead of it in no shard is refused.
     assert!(s.save_snapshot("p", epoch, b"all", &cursor).await.unwrap());
-    assert!(!s.save_snapshot("p", epoch, b"again", &cursor).await.unwrap());
+    assert!(
+        !s.save_snapshot("p", epoch, b"again", &cursor)
+            .await
+            .unwrap()
+    );
     let fresh = s.sync("p", None, &Cursor::default(), 100).await.unwrap();
     let snap = fresh.snapshot.expect("reload");
-    assert_eq!((snap.blob.as_deref(), &snap.cursor), (Some(&b"all"[..]), &cursor));
+    assert_eq!(
+        (snap.blob.as_deref(), &snap.cursor),
+        (Some(&b"all"[..]), &cursor)
+    );
     assert!(fresh.entries.is_empty());
     // A reset: everyone reloads the fresh model, nothing learned before.
     s.reset("p", b"fresh").await.unwrap();

@@ -803,6 +803,8 @@ async fn load_task(
 pub struct RedisCluster {
     /// Every node, masters first as created.
     pub nodes: Vec<ClusterNode>,
+    /// Replicas per master.
+    replicas: usize,
 }
 
 /// One node of a [`RedisCluster`].
@@ -823,7 +825,12 @@ impl ClusterNode {
             .unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
             .args(["--cluster-node-timeout", "1000"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -915,7 +922,7 @@ impl RedisCluster {
             .args(["--cluster-replicas", &replicas.to_string()])
             .arg("--cluster-yes");
         run(&mut create);
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, replicas };
         cluster.wait_ok(Duration::from_secs(30));
         cluster
     }
@@ -942,16 +949,25 @@ impl RedisCluster {
         .unwrap()
     }
 
-    /// Waits until every running node says `cluster_state:ok` and there
-    /// are as many running masters as slots ranges (panics after `limit`).
+    /// Waits until every running node says `cluster_state:ok` and every
+    /// master's replicas are online (panics after `limit`).
     pub fn wait_ok(&self, limit: Duration) {
         let started = Instant::now();
         loop {
+            // Every node sees every slot served, and every master has its
+            // replicas attached and in sync (a write waits for them).
             let ok = self
                 .nodes
                 .iter()
                 .filter(|n| n.child.is_some())
-                .all(|n| n.info_field("cluster", "cluster_state").as_deref() == Some("ok"));
+                .all(|n| n.info_field("cluster", "cluster_state").as_deref() == Some("ok"))
+                && self.nodes.iter().filter(|n| n.is_master()).all(|n| {
+                    let attached = (0..self.replicas).all(|i| {
+                        n.info_field("replication", &format!("slave{i}"))
+                            .is_some_and(|v| v.contains("state=online"))
+                    });
+                    attached
+                });
             if ok {
                 return;
             }

@@ -28,7 +28,11 @@ pub(super) enum Conn {
 
 impl Client {
     /// A client for `urls` (one node, or a cluster's seed nodes).
-    pub(super) fn new(urls: &[String], cluster: bool, timeout: Duration) -> Result<Self, StoreError> {
+    pub(super) fn new(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
         if cluster {
             let client = ClusterClient::builder(urls.iter().map(String::as_str))
@@ -56,7 +60,8 @@ impl Client {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         // Validate the configuration once, up front.
-        ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(unavailable)?;
         Ok(Client::Single(client, config))
     }
 

@@ -5,10 +5,10 @@
 
 use super::blob::*;
 use crate::store::{EventRecord, Slot, StoreError, StreamId};
-use redis::Value;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
+use redis::Value;
 
 fn config(cases: u32, seed: u64) -> Config {
     Config {

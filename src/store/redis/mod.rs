@@ -221,6 +221,25 @@ impl RedisStore {
         }))
     }
 
+    /// Drops this thread's connection to a cluster after a failure, so the
+    /// next call connects afresh (reading the slot map again): after a
+    /// failover, a cluster connection was seen timing out for a minute
+    /// against a healthy cluster. A single node's connection manager
+    /// reconnects by itself.
+    fn forget_connection(&self) {
+        if self.client.is_cluster() {
+            CONNECTIONS.with(|cache| cache.borrow_mut().retain(|(id, _)| *id != self.id));
+        }
+    }
+
+    /// Passes `result` on; a transient failure forgets the connection.
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.as_ref().is_err_and(StoreError::is_transient) {
+            self.forget_connection();
+        }
+        result
+    }
+
     fn shard_of(&self, event_id: &str) -> u16 {
         (xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()) % u64::from(self.shards)) as u16
     }
@@ -268,11 +287,11 @@ impl RedisStore {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        self.checked(match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
             Err(_) => Err(StoreError::Timeout),
-        }
+        })
     }
 
     /// Runs a script; with `wait_replicas`, also waits for its write to
@@ -299,8 +318,8 @@ impl RedisStore {
                     result = Some(v);
                     break;
                 }
-                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-                Err(_) => return Err(StoreError::Timeout),
+                Ok(Err(e)) => return self.checked(Err(StoreError::Unavailable(e.to_string()))),
+                Err(_) => return self.checked(Err(StoreError::Timeout)),
             }
         }
         let Some(v) = result else {
@@ -402,7 +421,11 @@ impl RedisStore {
         }
         let mut parts: Vec<Option<Vec<u8>>> = self.cmd(&cmd).await?;
         let corrupt = |what: &str| StoreError::Corrupt(format!("snapshot {what}"));
-        let blob = if with_blob { parts.pop().flatten() } else { None };
+        let blob = if with_blob {
+            parts.pop().flatten()
+        } else {
+            None
+        };
         let [epoch, cursor]: [Option<Vec<u8>>; 2] =
             parts.try_into().map_err(|_| corrupt("reply"))?;
         let epoch = match epoch {
@@ -644,8 +667,7 @@ impl ModelStore for RedisStore {
         // cursor: read the newer snapshot and try again.
         for _ in 0..4 {
             let (snap_epoch, snap_cursor, _) = self.read_snapshot(policy, false).await?;
-            let reload =
-                force_reload || epoch != Some(snap_epoch) || !cursor.covers(&snap_cursor);
+            let reload = force_reload || epoch != Some(snap_epoch) || !cursor.covers(&snap_cursor);
             let (snapshot, from) = if reload {
                 let (e, c, blob) = self.read_snapshot(policy, true).await?;
                 if e != snap_epoch && !force_reload {
@@ -666,11 +688,7 @@ impl ModelStore for RedisStore {
             let reads = (0..self.shards)
                 .map(|s| self.read_shard(policy, s, from.get(usize::from(s)), limit));
             let reads = futures_util::future::try_join_all(reads).await?;
-            if reads
-                .iter()
-                .enumerate()
-                .any(|(s, r)| r.trim > from.get(s))
-            {
+            if reads.iter().enumerate().any(|(s, r)| r.trim > from.get(s)) {
                 force_reload = true;
                 continue;
             }
@@ -867,9 +885,7 @@ impl ModelStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.user_key(user);
         let mut inv = self.scripts.outcome.prepare_invoke();
-        inv.key(&key)
-            .arg(event_id)
-            .arg(blob::format_f64(outcome));
+        inv.key(&key).arg(event_id).arg(blob::format_f64(outcome));
         let changed: i64 = self.run(&inv, Some(&key)).await?;
         Ok(changed == 1)
     }
@@ -959,7 +975,10 @@ mod merge_tests {
         );
         // Shard 1's clock read 60: an entry at 60 may still get siblings,
         // and so may anything later in shard 0.
-        assert_eq!(ids(&merged), vec![(0, 10, 0), (1, 10, 0), (1, 20, 1), (0, 50, 0)]);
+        assert_eq!(
+            ids(&merged),
+            vec![(0, 10, 0), (1, 10, 0), (1, 20, 1), (0, 50, 0)]
+        );
     }
 
     #[test]
@@ -1002,11 +1021,7 @@ mod merge_tests {
         let fold = |cuts: &[(u64, usize, usize)]| {
             let mut done: Vec<LearnedEntry> = Vec::new();
             for &(now, n0, n1) in cuts {
-                let pos = |shard: u16| {
-                    done.iter()
-                        .filter(|e| e.shard == shard)
-                        .count()
-                };
+                let pos = |shard: u16| done.iter().filter(|e| e.shard == shard).count();
                 let (p0, p1) = (pos(0), pos(1));
                 let r0 = all0[p0..n0].to_vec();
                 let r1 = all1[p1..n1].to_vec();
