@@ -632,9 +632,18 @@ async fn hostile_policy_and_event_ids_get_clean_4xx_and_touch_neither_redis_nor_
         .filter(|k| !keys_before.contains(k))
         .collect();
     for key in &new {
-        let legit = ["legit-3", "legit-4", "{ranker}:", ":snap"]
-            .iter()
-            .any(|ok| key.contains(ok));
+        // The events' own keys, and their policies' keys (per shard:
+        // due lists, counts, learned streams; per policy: the snapshot).
+        let legit = [
+            "legit-3",
+            "legit-4",
+            "{ranker}:",
+            ":ranker:",
+            ":push:",
+            ":snap",
+        ]
+        .iter()
+        .any(|ok| key.contains(ok));
         assert!(legit, "unexpected key {key:?}; new keys: {new:?}");
     }
     let _: () = redis::cmd("DEL").arg(&canary).query(&mut conn).unwrap();

@@ -326,7 +326,7 @@ pub trait ModelStore: Send + Sync + 'static {
     /// call): learns defaults (or sums), drops unactivated deferred events.
     /// A window ending at `d` is closed by a sweep at any `now_ms >= d`
     /// rounded up to the store's granularity (the Redis store groups
-    /// deadlines by second); rewards are judged by the exact deadline.
+    /// deadlines into 100 ms buckets); rewards are judged by the exact deadline.
     async fn sweep(
         &self,
         policy: &str,

@@ -1,7 +1,7 @@
 -- KEYS[1] event blob, KEYS[2] event state hash, KEYS[3] the shard's due
--- seconds, KEYS[4] the due list of the new deadline's second
+-- buckets, KEYS[4] the due list of the new deadline's bucket
 -- ARGV: event_id, now_ms, new deadline, keep_ms (window + retention),
--- new due second, policy
+-- new due bucket, policy
 local f = event_of(KEYS[1], ARGV[6])
 if not f then return 'unknown_event' end
 if f[4] ~= '1' then return 'not_deferred' end

@@ -1,17 +1,17 @@
 -- Closes the windows of one shard of one policy that ended by now.
--- KEYS[1] due seconds (zset), KEYS[2] learned stream, KEYS[3] pending count
+-- KEYS[1] due buckets (zset), KEYS[2] learned stream, KEYS[3] pending count
 -- ARGV: now_ms, limit, event key prefix, state key prefix, due list prefix,
--- default reward, sum(0/1), policy, now (whole seconds)
+-- default reward, sum(0/1), policy, now (in due buckets)
 -- Every key shares the shard's hash tag, so the script stays within one
 -- Redis Cluster slot.
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local seconds = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[9], 'LIMIT', 0, 64)
+local buckets = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[9], 'LIMIT', 0, 64)
 local out, seen, closed = {}, 0, 0
-for _, sec in ipairs(seconds) do
+for _, b in ipairs(buckets) do
   if seen >= limit then break end
-  local list = ARGV[5] .. sec
+  local list = ARGV[5] .. b
   local ids = redis.call('LPOP', list, limit - seen)
-  if redis.call('EXISTS', list) == 0 then redis.call('ZREM', KEYS[1], sec) end
+  if redis.call('EXISTS', list) == 0 then redis.call('ZREM', KEYS[1], b) end
   for _, eid in ipairs(ids or {}) do
     seen = seen + 1
     local key, state = ARGV[3] .. eid, ARGV[4] .. eid

@@ -7,8 +7,8 @@
 //! | --- | --- | --- |
 //! | `P:{s<n>}:e:<event>` | string | a decided event, immutable: policy, deadline, deferred flag, stored response, slots (see [`blob`]) |
 //! | `P:{s<n>}:st:<event>` | hash | what happened to it since: activation, moved deadline, per-slot learned flag, sum and count, reward ids |
-//! | `P:{s<n>}:<pid>:dq:<sec>` | list | event ids whose window ends in second `sec` (rounded up) |
-//! | `P:{s<n>}:<pid>:dqs` | zset | the seconds that have such a list |
+//! | `P:{s<n>}:<pid>:dq:<b>` | list | event ids whose window ends in the 100 ms bucket `b` (rounded up) |
+//! | `P:{s<n>}:<pid>:dqs` | zset | the buckets that have such a list |
 //! | `P:{s<n>}:<pid>:n` | string | the policy's pending events in the shard |
 //! | `P:{s<n>}:<pid>:ls` | stream | the shard's entries to learn, in order |
 //! | `P:{s<n>}:<pid>:lt` | string | the shard's trim point: entries before it may be gone |
@@ -461,11 +461,16 @@ impl RedisStore {
     }
 }
 
-/// The second a deadline's window is swept in: rounded up, so a sweep at
+/// Deadlines are grouped into buckets of this many ms: a due list per
+/// bucket (rather than a sorted set of every event) keeps a pending event
+/// at one list entry.
+const DUE_BUCKET_MS: i64 = 100;
+
+/// The bucket a deadline's window is swept in: rounded up, so a sweep at
 /// `now_ms` closes every window with `deadline_ms <= now_ms` once `now_ms`
-/// reaches a whole second.
-fn due_second(deadline_ms: i64) -> i64 {
-    deadline_ms.div_euclid(1000) + i64::from(deadline_ms.rem_euclid(1000) != 0)
+/// reaches the bucket's end (at most 100 ms late).
+fn due_bucket(deadline_ms: i64) -> i64 {
+    deadline_ms.div_euclid(DUE_BUCKET_MS) + i64::from(deadline_ms.rem_euclid(DUE_BUCKET_MS) != 0)
 }
 
 /// Merges shard reads into the one order every replica folds: entries by
@@ -520,16 +525,16 @@ impl ModelStore for RedisStore {
     ) -> Result<Recorded, StoreError> {
         let ttl = (event.deadline_ms - now_ms).max(1) + rules.retention_ms;
         let shard = self.shard_of(&event.event_id);
-        let second = due_second(event.deadline_ms);
+        let bucket = due_bucket(event.deadline_ms);
         let key = self.event_key(&event.event_id);
         let mut inv = self.scripts.record.prepare_invoke();
         inv.key(&key)
             .key(self.shard_key(shard, policy, "dqs"))
-            .key(self.shard_key(shard, policy, &format!("dq:{second}")))
+            .key(self.shard_key(shard, policy, &format!("dq:{bucket}")))
             .key(self.shard_key(shard, policy, "n"))
             .arg(encode_event(policy, event))
             .arg(ttl)
-            .arg(second)
+            .arg(bucket)
             .arg(&event.event_id);
         let existing: Option<Vec<u8>> = self.run(&inv, Some(&key)).await?;
         let Some(blob) = existing else {
@@ -586,18 +591,18 @@ impl ModelStore for RedisStore {
     ) -> Result<ActivateOutcome, StoreError> {
         let shard = self.shard_of(event_id);
         let deadline = now_ms + rules.window_ms;
-        let second = due_second(deadline);
+        let bucket = due_bucket(deadline);
         let key = self.event_key(event_id);
         let mut inv = self.scripts.activate.prepare_invoke();
         inv.key(&key)
             .key(self.state_key(event_id))
             .key(self.shard_key(shard, policy, "dqs"))
-            .key(self.shard_key(shard, policy, &format!("dq:{second}")))
+            .key(self.shard_key(shard, policy, &format!("dq:{bucket}")))
             .arg(event_id)
             .arg(now_ms)
             .arg(deadline)
             .arg(rules.window_ms + rules.retention_ms)
-            .arg(second)
+            .arg(bucket)
             .arg(policy);
         let outcome: String = self.run(&inv, Some(&key)).await?;
         Ok(match outcome.as_str() {
@@ -636,7 +641,7 @@ impl ModelStore for RedisStore {
                 .arg(blob::format_f64(rules.default_reward))
                 .arg(u8::from(rules.sum))
                 .arg(policy)
-                .arg(now_ms.div_euclid(1000));
+                .arg(now_ms.div_euclid(DUE_BUCKET_MS));
             self.run::<Vec<(String, String, String, String)>>(&inv, Some(&dqs))
                 .await
         });
