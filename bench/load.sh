@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # HTTP load test of Nudge (see bench/README.md). One run:
 #   build release -> fresh PostgreSQL database + unique Redis prefix ->
-#   bare actix-web ceiling (examples/bare.rs) -> Nudge with bench/policies ->
-#   wrk runs (LinUCB and lin_ts; decide, decide+reward; 16 and 64 connections)
-#   -> SIGTERM (drains the log) -> decisions/rewards rows vs wrk's 2xx counts
-#   -> one markdown table -> cleanup (drop the database unless a check
-#   failed, delete the Redis keys of the prefix).
+#   bare actix-web ceiling (bench/bare) -> for each backend (Redis +
+#   PostgreSQL, then embedded: in-process store + SQLite): Nudge with
+#   bench/policies -> wrk runs (LinUCB and lin_ts; decide, decide+reward;
+#   16 and 64 connections) -> SIGTERM (drains the log) -> decisions/rewards
+#   rows vs wrk's 2xx counts -> one markdown table -> cleanup (drop the
+#   database unless a check failed, delete the Redis keys of the prefix).
 #
 # Settings (environment):
 #   DURATION=15        seconds per measured wrk run
@@ -24,6 +25,11 @@
 #                      LinUCB with a user and two caps on every decide)
 #   MODES="decide decide_reward"
 #   BENCH_USERS=100000 distinct users the bench_guarded decides name
+#   BACKENDS="redis embedded"  one Nudge run per backend, same policies/modes:
+#                      redis:    NUDGE_REDIS_URL + PostgreSQL decision log
+#                      embedded: no Redis (in-process store) + SQLite log
+#                                (sqlite://<tmp>/embedded/nudge.db), the
+#                                defaults a new user starts with
 # Everything targets 127.0.0.1 only. Exit status: 0 iff every check passed.
 set -Eeuo pipefail
 
@@ -44,6 +50,14 @@ QUIET_WAIT=${QUIET_WAIT:-60}
 POLICY_LIST=${POLICY_LIST:-"bench_linucb bench_lin_ts"}
 MODES=${MODES:-"decide decide_reward"}
 BENCH_USERS=${BENCH_USERS:-100000}
+BACKENDS=${BACKENDS:-"redis embedded"}
+for b in $BACKENDS; do
+  case $b in
+    redis | embedded) ;;
+    *) echo "BACKENDS: unknown backend $b (redis, embedded)" >&2; exit 2 ;;
+  esac
+done
+has_backend() { [[ " $BACKENDS " == *" $1 "* ]]; }
 PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_USER=postgres
@@ -57,7 +71,6 @@ RUN_ID=r${STAMP//_/}p$$
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nudge-load.XXXXXX")
 RESULTS=$WORK/results.txt      # RESULT lines of every run
 INFLIGHT=$WORK/inflight.tsv    # ids sent but never answered 2xx
-NUDGE_LOG=$WORK/nudge.stderr
 BARE_LOG=$WORK/bare.stderr
 : >"$RESULTS"
 : >"$INFLIGHT"
@@ -120,7 +133,7 @@ cleanup() {
   rcli --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" del >/dev/null
   echo "redis keys left under $PREFIX: $(rcli --scan --pattern "$PREFIX:*" | wc -l)" >&2
   if [ "$FAILED" = 1 ]; then
-    echo "keeping $WORK (service stderr: $NUDGE_LOG)" >&2
+    echo "keeping $WORK (service stderr: $WORK/nudge.<backend>.stderr)" >&2
   else
     rm -rf "$WORK"
   fi
@@ -139,13 +152,15 @@ command -v psql >/dev/null || need+=(postgresql-client)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v curl >/dev/null || need+=(curl)
 command -v taskset >/dev/null || need+=(util-linux)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 if ((${#need[@]})); then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   run "${sudo_cmd[@]}" apt-get update -qq
   run env DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}"
 fi
-"$ROOT/scripts/deps.sh"
+# System packages only (OpenBLAS...): the bench needs no cargo-deny.
+"$ROOT/scripts/deps.sh" --system
 wrk --version 2>&1 | head -1 || true
 run pg_isready -h "$PG_HOST" -p "$PG_PORT" -t 5
 [ "$(rcli ping)" = PONG ] || { echo "redis at $REDIS_HOST:$REDIS_PORT does not answer" >&2; exit 1; }
@@ -164,20 +179,26 @@ esac
 
 # --- 1. build -------------------------------------------------------------
 log "build"
-run timeout "$CARGO_TIMEOUT" cargo build --release --bin nudge --example bare
+# Only the two servers: the bare ceiling is a crate of its own (bench/bare),
+# so no dev-dependency (criterion, reqwest, proptest...) is compiled.
+run timeout "$CARGO_TIMEOUT" cargo build --release -p nudge --bin nudge -p nudge-bare --bin bare
 NUDGE_BIN=$ROOT/target/release/nudge
-BARE_BIN=$ROOT/target/release/examples/bare
+BARE_BIN=$ROOT/target/release/bare
 run "$NUDGE_BIN" check bench/policies
 
 # --- 2. database, Redis prefix ------------------------------------------------
-log "database $DB, redis prefix $PREFIX"
-run psql_admin -c "CREATE DATABASE \"$DB\""
-DB_CREATED=1
-DATABASE_URL=postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB
-if [ "$(rcli --scan --pattern "$PREFIX:*" | wc -l)" != 0 ]; then
-  echo "redis already has keys under $PREFIX" >&2
-  exit 1
+if has_backend redis; then
+  log "database $DB, redis prefix $PREFIX"
+  run psql_admin -c "CREATE DATABASE \"$DB\""
+  DB_CREATED=1
+  if [ "$(rcli --scan --pattern "$PREFIX:*" | wc -l)" != 0 ]; then
+    echo "redis already has keys under $PREFIX" >&2
+    exit 1
+  fi
 fi
+DATABASE_URL=postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB
+# The embedded backend's SQLite file (in the temp dir: kept on failure).
+SQLITE_FILE=$WORK/embedded/nudge.db
 
 # Waits until GET $1/readyz says ready (bounded).
 wait_ready() {
@@ -319,90 +340,7 @@ done
 stop_pid "$BARE_PID" 10
 BARE_PID=""
 
-# --- 4. Nudge ---------------------------------------------------------------------
-log "nudge serve (workers $WORKERS)"
-# Only our settings: drop any NUDGE_* inherited from the caller, and point
-# NUDGE_CONFIG at a file that does not exist so no nudge.toml is read.
-nudge_env=(
-  NUDGE_CONFIG="$WORK/none.toml"
-  NUDGE_BIND=127.0.0.1:$PORT
-  NUDGE_POLICIES=bench/policies
-  NUDGE_DATA_DIR="$WORK/data"
-  NUDGE_REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT
-  NUDGE_REDIS_PREFIX="$PREFIX"
-  NUDGE_DATABASE_URL="$DATABASE_URL"
-  NUDGE_WORKERS="$WORKERS"
-  RUST_LOG="${RUST_LOG:-info}"
-  NO_COLOR=1
-)
-unset_env=()
-while IFS= read -r v; do unset_env+=(-u "$v"); done < <(compgen -e | grep '^NUDGE_' || true)
-echo "+ env ${unset_env[*]} ${nudge_env[*]} ${SERVER_PIN[*]} $NUDGE_BIN serve 2>$NUDGE_LOG &" >&2
-env "${unset_env[@]}" "${nudge_env[@]}" "${SERVER_PIN[@]}" "$NUDGE_BIN" serve 2>"$NUDGE_LOG" &
-NUDGE_PID=$!
-wait_ready "http://127.0.0.1:$PORT" "$NUDGE_PID"
-NUDGE_URL=http://127.0.0.1:$PORT/v1/decide
-
-for policy in $POLICY_LIST; do
-  short=${policy#bench_}
-  wrk_run "warmup_$short" "$NUDGE_URL" decide "$policy" 16 "$WARMUP" track
-  drain_log "warmup_$short"
-  for mode in $MODES; do
-    for c in $CONNECTIONS; do
-      label=${short}_${mode}_c$c
-      wrk_run "$label" "$NUDGE_URL" "$mode" "$policy" "$c" "$DURATION" track
-      drain_log "$label"
-    done
-  done
-done
-
-# Guardrails: what one user's history costs in Redis (MEMORY USAGE of a
-# sample of user hashes, key and value included) and what the caps did.
-USER_MEMORY_LINE=""
-if [[ " $POLICY_LIST " == *" bench_guarded "* ]]; then
-  log "guardrails: Redis memory per user history"
-  rcli --scan --pattern "$PREFIX:{u:*" >"$WORK/user_keys.txt" || true
-  users=$(wc -l <"$WORK/user_keys.txt")
-  bytes=0 sends=0 sampled=0
-  while IFS= read -r key && ((sampled < 500)); do
-    b=$(rcli MEMORY USAGE "$key")
-    n=$(rcli HLEN "$key")
-    bytes=$((bytes + b)) sends=$((sends + n - 1)) sampled=$((sampled + 1))
-  done <"$WORK/user_keys.txt"
-  if ((sampled > 0)); then
-    USER_MEMORY_LINE="Redis per user history: $((bytes / sampled)) bytes on average (MEMORY USAGE of $sampled of $users user hashes, $(awk -v s="$sends" -v n="$sampled" 'BEGIN { printf "%.2f", s / n }') sends each on average)"
-    echo "$USER_MEMORY_LINE" >&2
-  fi
-  curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_guardrail' | head -20 >&2 || true
-fi
-
-log "metrics (store errors, log) before shutdown"
-curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_(store_errors|log_|decisions_total|rewards_total)' | grep -v '^#' | head -40 >&2 || true
-
-log "stop nudge (SIGTERM, drains the log queue)"
-if ! stop_pid "$NUDGE_PID" 60; then
-  echo "FAIL: nudge did not stop within 60 s of SIGTERM" >&2
-  FAILED=1
-fi
-wait "$NUDGE_PID" && nudge_rc=0 || nudge_rc=$?
-NUDGE_PID=""
-echo "nudge exit status: $nudge_rc" >&2
-[ "$nudge_rc" -eq 0 ] || FAILED=1
-
-# --- 5. the service's own warnings/errors -------------------------------------------
-log "service stderr: WARN/ERROR lines ($(grep -cE ' (WARN|ERROR) ' "$NUDGE_LOG" || true) total; first 20, then counts by message)"
-grep -E ' (WARN|ERROR) ' "$NUDGE_LOG" | head -20 >&2 || true
-grep -E ' (WARN|ERROR) ' "$NUDGE_LOG" | sed -E 's/^[^ ]+ +//; s/[0-9a-f-]{36}//g; s/[0-9]+/N/g' |
-  sort | uniq -c | sort -rn | head -15 >&2 || true
-echo "service stderr, last 10 lines:" >&2
-tail -n 10 "$NUDGE_LOG" >&2
-if [ -d "$WORK/data/spool" ]; then
-  echo "spool dir after shutdown:" >&2
-  find "$WORK/data/spool" -type f -printf '  %p %s bytes\n' >&2
-fi
-
-# --- 6. decision log vs wrk -----------------------------------------------------------
-log "decision log check"
+# --- 4. Nudge, once per backend ---------------------------------------------------
 # Field of a RESULT line.
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 sum_field() { # sum of field $2 over RESULT lines whose label starts with $1
@@ -413,55 +351,186 @@ sum_field() { # sum of field $2 over RESULT lines whose label starts with $1
   done < <(grep "^RESULT label=$1" "$RESULTS" || true)
   echo "$total"
 }
-run psql_db -c "CREATE TABLE bench_inflight (kind text NOT NULL, event_id text NOT NULL)"
-run psql_db -c "\\copy bench_inflight FROM '$INFLIGHT'"
-echo "ids wrk sent without seeing a 2xx (in flight when wrk stopped, or failed):" \
-  "$(wc -l <"$INFLIGHT")" >&2
+sqlite_db() { sqlite3 -batch -bail -noheader -separator ' ' "$SQLITE_FILE" "$@"; }
+# log_query BACKEND SQL: one row, fields separated by spaces.
+log_query() {
+  case $1 in
+    redis) psql_db -tA -F ' ' -c "$2" ;;
+    embedded) sqlite_db "$2" ;;
+  esac
+}
 
+USER_MEMORY_LINE=""
 CHECK_LINES=()
-for policy in $POLICY_LIST; do
-  short=${policy#bench_}
-  ok200=$(sum_field "warmup_$short" decide_ok)
-  ok200=$((ok200 + $(sum_field "${short}_" decide_ok)))
-  ok202=$(sum_field "${short}_" reward_ok)
-  read -r rows distinct inflight_rows degraded < <(psql_db -tA -F ' ' -c "
-    SELECT count(*), count(DISTINCT event_id),
-           count(*) FILTER (WHERE event_id IN (SELECT event_id FROM bench_inflight WHERE kind = 'decide')),
-           count(*) FILTER (WHERE degraded)
-    FROM decisions WHERE policy = '$policy'")
-  answered=$((rows - inflight_rows))
-  verdict=PASS
-  if [ "$answered" -ne "$ok200" ] || [ "$distinct" -ne "$rows" ]; then verdict=FAIL; FAILED=1; fi
-  CHECK_LINES+=("$verdict decisions $policy: rows=$rows (for ids answered 200: $answered, for ids in flight at wrk stop: $inflight_rows, distinct event ids: $distinct, degraded: $degraded), wrk 200 decides=$ok200")
-  read -r rrows rdefault rinflight < <(psql_db -tA -F ' ' -c "
-    SELECT count(*), count(*) FILTER (WHERE is_default),
-           count(*) FILTER (WHERE event_id IN (SELECT event_id FROM bench_inflight WHERE kind = 'reward'))
-    FROM rewards WHERE policy = '$policy'")
-  ranswered=$((rrows - rdefault - rinflight))
-  verdict=PASS
-  if [ "$ranswered" -ne "$ok202" ]; then verdict=FAIL; FAILED=1; fi
-  CHECK_LINES+=("$verdict rewards   $policy: rows=$rrows (explicit for ids answered 202: $ranswered, in flight at wrk stop: $rinflight, window defaults: $rdefault), wrk 202 rewards=$ok202")
+
+# run_backend BACKEND: start Nudge on it, run every policy and mode, stop it
+# (SIGTERM drains the log), then check the log against wrk's counts.
+run_backend() {
+  local backend=$1 store_env data_dir
+  case $backend in
+    redis)
+      store_env=(NUDGE_REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT NUDGE_REDIS_PREFIX="$PREFIX"
+        NUDGE_DATABASE_URL="$DATABASE_URL")
+      ;;
+    embedded)
+      # No NUDGE_REDIS_URL: the in-process store. No NUDGE_STATE_PATH either
+      # (the default: the state lives in memory only).
+      store_env=(NUDGE_DATABASE_URL="sqlite://$SQLITE_FILE")
+      ;;
+  esac
+  data_dir=$WORK/data-$backend
+  log "nudge serve on $backend (workers $WORKERS)"
+  # Only our settings: drop any NUDGE_* inherited from the caller, and point
+  # NUDGE_CONFIG at a file that does not exist so no nudge.toml is read.
+  local nudge_env=(
+    NUDGE_CONFIG="$WORK/none.toml"
+    NUDGE_BIND=127.0.0.1:$PORT
+    NUDGE_POLICIES=bench/policies
+    NUDGE_DATA_DIR="$data_dir"
+    "${store_env[@]}"
+    NUDGE_WORKERS="$WORKERS"
+    RUST_LOG="${RUST_LOG:-info}"
+    NO_COLOR=1
+  )
+  local unset_env=() v
+  while IFS= read -r v; do unset_env+=(-u "$v"); done < <(compgen -e | grep '^NUDGE_' || true)
+  NUDGE_LOG=$WORK/nudge.$backend.stderr
+  echo "+ env ${unset_env[*]} ${nudge_env[*]} ${SERVER_PIN[*]} $NUDGE_BIN serve 2>$NUDGE_LOG &" >&2
+  env "${unset_env[@]}" "${nudge_env[@]}" "${SERVER_PIN[@]}" "$NUDGE_BIN" serve 2>"$NUDGE_LOG" &
+  NUDGE_PID=$!
+  wait_ready "http://127.0.0.1:$PORT" "$NUDGE_PID"
+  local url=http://127.0.0.1:$PORT/v1/decide policy short mode c label
+  for policy in $POLICY_LIST; do
+    short=${policy#bench_}
+    wrk_run "warmup_${backend}_$short" "$url" decide "$policy" 16 "$WARMUP" track
+    drain_log "warmup_${backend}_$short"
+    for mode in $MODES; do
+      for c in $CONNECTIONS; do
+        label=${backend}_${short}_${mode}_c$c
+        wrk_run "$label" "$url" "$mode" "$policy" "$c" "$DURATION" track
+        drain_log "$label"
+      done
+    done
+  done
+
+  # Guardrails: what one user's history costs in Redis (MEMORY USAGE of a
+  # sample of user hashes, key and value included) and what the caps did.
+  if [ "$backend" = redis ] && [[ " $POLICY_LIST " == *" bench_guarded "* ]]; then
+    log "guardrails: Redis memory per user history"
+    rcli --scan --pattern "$PREFIX:{u:*" >"$WORK/user_keys.txt" || true
+    local users bytes=0 sends=0 sampled=0 key b n
+    users=$(wc -l <"$WORK/user_keys.txt")
+    while IFS= read -r key && ((sampled < 500)); do
+      b=$(rcli MEMORY USAGE "$key")
+      n=$(rcli HLEN "$key")
+      bytes=$((bytes + b)) sends=$((sends + n - 1)) sampled=$((sampled + 1))
+    done <"$WORK/user_keys.txt"
+    if ((sampled > 0)); then
+      USER_MEMORY_LINE="Redis per user history: $((bytes / sampled)) bytes on average (MEMORY USAGE of $sampled of $users user hashes, $(awk -v s="$sends" -v n="$sampled" 'BEGIN { printf "%.2f", s / n }') sends each on average)"
+      echo "$USER_MEMORY_LINE" >&2
+    fi
+    curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_guardrail' | head -20 >&2 || true
+  fi
+
+  log "metrics (store errors, log) before shutdown ($backend)"
+  curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -E '^nudge_(store_errors|log_|decisions_total|rewards_total)' | grep -v '^#' | head -40 >&2 || true
+  echo "server RSS before shutdown ($backend): $(awk '/^VmRSS/ { print $2, $3 }' "/proc/$NUDGE_PID/status" 2>/dev/null || echo '?')" >&2
+
+  log "stop nudge on $backend (SIGTERM, drains the log queue)"
+  if ! stop_pid "$NUDGE_PID" 60; then
+    echo "FAIL: nudge ($backend) did not stop within 60 s of SIGTERM" >&2
+    FAILED=1
+  fi
+  local nudge_rc
+  wait "$NUDGE_PID" && nudge_rc=0 || nudge_rc=$?
+  NUDGE_PID=""
+  echo "nudge ($backend) exit status: $nudge_rc" >&2
+  [ "$nudge_rc" -eq 0 ] || FAILED=1
+
+  # --- the service's own warnings/errors
+  log "service stderr ($backend): WARN/ERROR lines ($(grep -cE ' (WARN|ERROR) ' "$NUDGE_LOG" || true) total; first 20, then counts by message)"
+  grep -E ' (WARN|ERROR) ' "$NUDGE_LOG" | head -20 >&2 || true
+  grep -E ' (WARN|ERROR) ' "$NUDGE_LOG" | sed -E 's/^[^ ]+ +//; s/[0-9a-f-]{36}//g; s/[0-9]+/N/g' |
+    sort | uniq -c | sort -rn | head -15 >&2 || true
+  echo "service stderr, last 10 lines:" >&2
+  tail -n 10 "$NUDGE_LOG" >&2
+  if [ -d "$data_dir/spool" ]; then
+    echo "spool dir after shutdown:" >&2
+    find "$data_dir/spool" -type f -printf '  %p %s bytes\n' >&2
+  fi
+
+  # --- decision log vs wrk
+  log "decision log check ($backend)"
+  case $backend in
+    redis)
+      run psql_db -c "CREATE TABLE bench_inflight (kind text NOT NULL, event_id text NOT NULL)"
+      run psql_db -c "\\copy bench_inflight FROM '$INFLIGHT'"
+      ;;
+    embedded)
+      run sqlite_db "CREATE TABLE bench_inflight (kind TEXT NOT NULL, event_id TEXT NOT NULL)"
+      run sqlite_db -cmd ".mode tabs" ".import '$INFLIGHT' bench_inflight"
+      ;;
+  esac
+  echo "ids wrk sent without seeing a 2xx (in flight when wrk stopped, or failed), every backend so far:" \
+    "$(wc -l <"$INFLIGHT") ($(log_query "$backend" "SELECT count(*) FROM bench_inflight") loaded)" >&2
+
+  local ok200 ok202 rows distinct inflight_rows degraded answered verdict rrows rdefault rinflight ranswered
+  for policy in $POLICY_LIST; do
+    short=${policy#bench_}
+    ok200=$(sum_field "warmup_${backend}_$short" decide_ok)
+    ok200=$((ok200 + $(sum_field "${backend}_${short}_" decide_ok)))
+    ok202=$(sum_field "${backend}_${short}_" reward_ok)
+    read -r rows distinct inflight_rows degraded < <(log_query "$backend" "
+      SELECT count(*), count(DISTINCT event_id),
+             count(*) FILTER (WHERE event_id IN (SELECT event_id FROM bench_inflight WHERE kind = 'decide')),
+             count(*) FILTER (WHERE degraded)
+      FROM decisions WHERE policy = '$policy'")
+    answered=$((rows - inflight_rows))
+    verdict=PASS
+    if [ "$answered" -ne "$ok200" ] || [ "$distinct" -ne "$rows" ]; then verdict=FAIL; FAILED=1; fi
+    CHECK_LINES+=("$verdict $backend decisions $policy: rows=$rows (for ids answered 200: $answered, for ids in flight at wrk stop: $inflight_rows, distinct event ids: $distinct, degraded: $degraded), wrk 200 decides=$ok200")
+    read -r rrows rdefault rinflight < <(log_query "$backend" "
+      SELECT count(*), count(*) FILTER (WHERE is_default),
+             count(*) FILTER (WHERE event_id IN (SELECT event_id FROM bench_inflight WHERE kind = 'reward'))
+      FROM rewards WHERE policy = '$policy'")
+    ranswered=$((rrows - rdefault - rinflight))
+    verdict=PASS
+    if [ "$ranswered" -ne "$ok202" ]; then verdict=FAIL; FAILED=1; fi
+    CHECK_LINES+=("$verdict $backend rewards   $policy: rows=$rrows (explicit for ids answered 202: $ranswered, in flight at wrk stop: $rinflight, window defaults: $rdefault), wrk 202 rewards=$ok202")
+  done
+  printf '%s\n' "${CHECK_LINES[@]}" >&2
+}
+
+for backend in $BACKENDS; do
+  run_backend "$backend"
 done
 
-# --- 7. report ----------------------------------------------------------------------------
+# --- 5. report ----------------------------------------------------------------------------
 log "report"
 fmt_rate() { printf '%.0f' "$1"; }
 ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; }
+backend_name() { case $1 in redis) echo "redis+pg" ;; embedded) echo "embedded" ;; esac; }
 {
   echo
-  echo "Nudge HTTP load test: ${DURATION}s per run, wrk -t$THREADS, workers=$WORKERS, pin=$PIN, $(nproc) CPUs, policies d=32 K=10 disjoint"
+  echo "Nudge HTTP load test: ${DURATION}s per run, wrk -t$THREADS, workers=$WORKERS, pin=$PIN, $(nproc) CPUs, policies d=32 K=10 disjoint, backends: $BACKENDS"
   echo
   echo "| scenario | conns | req/s | decides/s | p50 ms | p99 ms | non-2xx | decides/s ÷ ceiling | log queue at end | CPU % server / redis / pg / other |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for label in $(for c in $CONNECTIONS; do echo "bare_c$c"; done) \
-    $(for p in $POLICY_LIST; do for m in $MODES; do for c in $CONNECTIONS; do echo "${p#bench_}_${m}_c$c"; done; done; done); do
+    $(for p in $POLICY_LIST; do for m in $MODES; do for c in $CONNECTIONS; do for b in $BACKENDS; do
+      echo "${b}_${p#bench_}_${m}_c$c"; done; done; done; done); do
     line=$(grep "^RESULT label=$label " "$RESULTS" || true)
     [ -n "$line" ] || continue
     c=${label##*_c}
     case $label in
       bare_*) name="bare actix-web (ceiling)" ;;
-      *_decide_reward_*) name="${label%%_decide*} decide+reward" ;;
-      *) name="${label%%_decide*} decide" ;;
+      *)
+        b=${label%%_*} rest=${label#*_}
+        case $rest in
+          *_decide_reward_*) name="$(backend_name "$b") ${rest%%_decide*} decide+reward" ;;
+          *) name="$(backend_name "$b") ${rest%%_decide*} decide" ;;
+        esac
+        ;;
     esac
     ceil=$(ceiling_of "$c")
     ratio=$(awk -v a="$(field "$line" decide_rps)" -v b="${ceil:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }')
@@ -478,6 +547,13 @@ ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; 
   for l in "${CHECK_LINES[@]}"; do echo "$l"; done
   [ -z "$USER_MEMORY_LINE" ] || { echo; echo "$USER_MEMORY_LINE"; }
   echo
-  if [ "$FAILED" = 1 ]; then echo "RESULT: FAIL (database $DB kept)"; else echo "RESULT: PASS"; fi
+  if [ "$FAILED" = 1 ]; then
+    kept=()
+    [ "$DB_CREATED" = 0 ] || kept+=("database $DB")
+    has_backend embedded && kept+=("$SQLITE_FILE")
+    echo "RESULT: FAIL (kept: ${kept[*]})"
+  else
+    echo "RESULT: PASS"
+  fi
 } | tee "$WORK/report.md"
 [ "$FAILED" = 0 ]

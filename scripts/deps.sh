@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages the build links against (idempotent).
+# Installs the system packages the build links against (idempotent), and
+# cargo-deny for the test suite. `scripts/deps.sh --system`: the system
+# packages only (what building and running the service needs; bench/load.sh).
 # ndarray-linalg uses the system OpenBLAS/LAPACK (`openblas-system`): the
 # `openblas-static` backend would download OpenBLAS at build time.
 set -euo pipefail
@@ -18,6 +20,9 @@ if ((${#missing[@]})); then
 fi
 # cargo-deny checks the licenses, bans and sources of Cargo.lock (see
 # deny.toml). Built from crates.io, once (a few minutes on two cores).
+if [ "${1:-}" = --system ]; then
+  exit 0
+fi
 if ! cargo deny --version >/dev/null 2>&1; then
   echo "installing cargo-deny" >&2
   cargo install --locked cargo-deny

@@ -10,8 +10,11 @@
 //! way the service reads its worker count.
 //!
 //! ```sh
-//! cargo run --release --example bare
+//! cargo run --release --bin bare
 //! ```
+//!
+//! A crate of its own (`bench/bare`, a workspace member) rather than an
+//! example: building an example compiles every dev-dependency of `nudge`.
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use nudge::features::Features;
