@@ -30,6 +30,9 @@
 #                      embedded: no Redis (in-process store) + SQLite log
 #                                (sqlite://<tmp>/embedded/nudge.db), the
 #                                defaults a new user starts with
+#                      cluster:  a private Redis Cluster (bench/cluster.sh,
+#                                CLUSTER_MASTERS=3, no replicas) + PostgreSQL
+#                                (a database of its own); not in the default
 # Everything targets 127.0.0.1 only. Exit status: 0 iff every check passed.
 set -Eeuo pipefail
 
@@ -53,8 +56,8 @@ BENCH_USERS=${BENCH_USERS:-100000}
 BACKENDS=${BACKENDS:-"redis embedded"}
 for b in $BACKENDS; do
   case $b in
-    redis | embedded) ;;
-    *) echo "BACKENDS: unknown backend $b (redis, embedded)" >&2; exit 2 ;;
+    redis | embedded | cluster) ;;
+    *) echo "BACKENDS: unknown backend $b (redis, embedded, cluster)" >&2; exit 2 ;;
   esac
 done
 has_backend() { [[ " $BACKENDS " == *" $1 "* ]]; }
@@ -91,7 +94,7 @@ run() {
 }
 
 psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"; }
-psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" "$@"; }
+psql_db() { psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "${CUR_DB:-$DB}" "$@"; }
 rcli() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"; }
 
 # Stops a process we started (SIGTERM, then SIGKILL after $2 seconds).
@@ -128,6 +131,10 @@ cleanup() {
     else
       run psql_admin -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)"
     fi
+  fi
+  if [ -n "${CLUSTER_DIR:-}" ]; then
+    run bash bench/cluster.sh stop "$CLUSTER_DIR"
+    [ "$FAILED" = 1 ] || run psql_admin -c "DROP DATABASE IF EXISTS \"${DB}_cluster\" WITH (FORCE)"
   fi
   echo "+ redis-cli --scan --pattern '$PREFIX:*' | xargs -r redis-cli del" >&2
   rcli --scan --pattern "$PREFIX:*" | xargs -r -n 500 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" del >/dev/null
@@ -197,6 +204,18 @@ if has_backend redis; then
   fi
 fi
 DATABASE_URL=postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB
+# The cluster backend: a private Redis Cluster (bench/cluster.sh, as the
+# tests make theirs: CLUSTER_MASTERS masters, no replicas) and a database
+# of its own, so its log check counts its rows only.
+CLUSTER_MASTERS=${CLUSTER_MASTERS:-3}
+if has_backend cluster; then
+  log "redis cluster ($CLUSTER_MASTERS masters) and its database"
+  CLUSTER_DIR=$WORK/cluster
+  CLUSTER_URLS=$(MASTERS=$CLUSTER_MASTERS REPLICAS=0 bash bench/cluster.sh start "$CLUSTER_DIR")
+  echo "cluster seeds: $CLUSTER_URLS" >&2
+  run psql_admin -c "CREATE DATABASE \"${DB}_cluster\""
+  DATABASE_URL_CLUSTER=postgres://$PG_USER@$PG_HOST:$PG_PORT/${DB}_cluster
+fi
 # The embedded backend's SQLite file (in the temp dir: kept on failure).
 SQLITE_FILE=$WORK/embedded/nudge.db
 
@@ -355,7 +374,7 @@ sqlite_db() { sqlite3 -batch -bail -noheader -separator ' ' "$SQLITE_FILE" "$@";
 # log_query BACKEND SQL: one row, fields separated by spaces.
 log_query() {
   case $1 in
-    redis) psql_db -tA -F ' ' -c "$2" ;;
+    redis | cluster) psql_db -tA -F ' ' -c "$2" ;;
     embedded) sqlite_db "$2" ;;
   esac
 }
@@ -367,10 +386,16 @@ CHECK_LINES=()
 # (SIGTERM drains the log), then check the log against wrk's counts.
 run_backend() {
   local backend=$1 store_env data_dir
+  CUR_DB=$DB
   case $backend in
     redis)
       store_env=(NUDGE_REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT NUDGE_REDIS_PREFIX="$PREFIX"
         NUDGE_DATABASE_URL="$DATABASE_URL")
+      ;;
+    cluster)
+      CUR_DB=${DB}_cluster
+      store_env=(NUDGE_REDIS_URL="$CLUSTER_URLS" NUDGE_REDIS_CLUSTER=true NUDGE_REDIS_PREFIX="$PREFIX"
+        NUDGE_DATABASE_URL="$DATABASE_URL_CLUSTER")
       ;;
     embedded)
       # No NUDGE_REDIS_URL: the in-process store. No NUDGE_STATE_PATH either
@@ -462,7 +487,7 @@ run_backend() {
   # --- decision log vs wrk
   log "decision log check ($backend)"
   case $backend in
-    redis)
+    redis | cluster)
       run psql_db -c "CREATE TABLE bench_inflight (kind text NOT NULL, event_id text NOT NULL)"
       run psql_db -c "\\copy bench_inflight FROM '$INFLIGHT'"
       ;;
@@ -509,7 +534,7 @@ done
 log "report"
 fmt_rate() { printf '%.0f' "$1"; }
 ceiling_of() { field "$(grep "^RESULT label=bare_c$1 " "$RESULTS")" decide_rps; }
-backend_name() { case $1 in redis) echo "redis+pg" ;; embedded) echo "embedded" ;; esac; }
+backend_name() { case $1 in redis) echo "redis+pg" ;; embedded) echo "embedded" ;; cluster) echo "cluster+pg" ;; esac; }
 {
   echo
   echo "Nudge HTTP load test: ${DURATION}s per run, wrk -t$THREADS, workers=$WORKERS, pin=$PIN, $(nproc) CPUs, policies d=32 K=10 disjoint, backends: $BACKENDS"
