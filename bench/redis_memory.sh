@@ -58,8 +58,8 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && b
 
 # One decide first, so every per-policy key (snapshot, counters) exists
 # before the baseline and the delta is the events' alone.
-curl -fs -X POST "http://127.0.0.1:$PORT/v1/decide" -H 'Content-Type: application/json' \
-  -d '{"policy":"bench_linucb","context":{"f01":0.5}}' >/dev/null
+body=$(python3 -c 'import json; print(json.dumps({"policy": "bench_linucb", "context": {"f%02d" % i: 0.5 for i in range(1, 32)}}))')
+curl -fsS -X POST "http://127.0.0.1:$PORT/v1/decide" -H 'Content-Type: application/json' -d "$body" >/dev/null
 sleep 1
 before=$(rcli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 keys_before=$(rcli dbsize)
