@@ -179,7 +179,7 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
                 .store
                 .reward(&RewardRequest {
                     policy: rt.id(),
-                    event_id: event_id,
+                    event_id,
                     action: action.as_deref(),
                     reward: value,
                     rules: &rt.rules,

@@ -962,11 +962,10 @@ impl RedisCluster {
                 .filter(|n| n.child.is_some())
                 .all(|n| n.info_field("cluster", "cluster_state").as_deref() == Some("ok"))
                 && self.nodes.iter().filter(|n| n.is_master()).all(|n| {
-                    let attached = (0..self.replicas).all(|i| {
+                    (0..self.replicas).all(|i| {
                         n.info_field("replication", &format!("slave{i}"))
                             .is_some_and(|v| v.contains("state=online"))
-                    });
-                    attached
+                    })
                 });
             if ok {
                 return;
