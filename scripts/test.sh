@@ -4,6 +4,11 @@
 # RustSec database cannot be fetched), then every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-shot build gains nothing from incremental state, which roughly
+# doubles the target directory; the free space goes in the log because a
+# full disk once failed a run half way.
+export CARGO_INCREMENTAL=0
+df -h . | tail -1
 scripts/deps.sh
 scripts/services.sh
 cargo fmt --all --check
