@@ -88,6 +88,11 @@ pub struct Settings {
     /// decisions are still answered but not learned from, and rewards get
     /// 503.
     pub outbox_max_ops: usize,
+    /// `NUDGE_OUTBOX_PARK_MS`: how long a replayed reward or activation
+    /// whose event the store does not know yet is kept and retried (its
+    /// decision may be in another replica's outbox, replayed later) before
+    /// it is rejected as `unknown_event`.
+    pub outbox_park_ms: u64,
     /// `NUDGE_MAX_BODY_BYTES`: largest request body.
     pub max_body_bytes: usize,
     /// `NUDGE_MAX_CANDIDATES`: most candidate actions per request.
@@ -131,6 +136,7 @@ impl Default for Settings {
             snapshot_ms: 5_000,
             retention_secs: 3_600,
             outbox_max_ops: 1_000_000,
+            outbox_park_ms: 60_000,
             max_body_bytes: 1 << 20,
             max_candidates: 1_000,
             max_k: 100,

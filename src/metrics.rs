@@ -58,6 +58,10 @@ pub struct Metrics {
     pub outbox_rejected: IntCounterVec,
     /// `nudge_outbox_depth`: store operations waiting for the store.
     pub outbox_depth: IntGauge,
+    /// `nudge_outbox_parked`: replayed rewards and activations waiting for
+    /// their event to reach the store (decided by another replica's
+    /// outbox).
+    pub outbox_parked: IntGauge,
     /// `nudge_log_queue_depth`.
     pub log_queue_depth: IntGauge,
     /// `nudge_log_spool_bytes`.
@@ -169,6 +173,10 @@ impl Metrics {
             outbox_depth: gauge(
                 "nudge_outbox_depth",
                 "Store operations waiting for the store",
+            ),
+            outbox_parked: gauge(
+                "nudge_outbox_parked",
+                "Replayed operations waiting for their event to reach the store",
             ),
             log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
             log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),

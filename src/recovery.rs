@@ -5,7 +5,17 @@
 //!
 //! While the outbox is not empty the sweeper closes no window (see
 //! [`crate::startup`]): a queued reward must reach the store before its
-//! event's default reward could.
+//! event's default reward could. Other replicas must wait too, since the
+//! reward may be for an event they decided: the replay is announced in the
+//! store ([`crate::store::ModelStore::announce_replay`]) before every batch, and no
+//! replica sweeps while an announcement lives, nor for
+//! [`SWEEP_HOLD_MS`] after a store failure it saw itself (time for every
+//! replica with a queue to notice the store is back and announce).
+//!
+//! Replicas replay independently, so a reward can arrive before the
+//! decision it rewards, still in another replica's outbox: a reward or
+//! activation refused as `unknown_event` is parked and retried (see
+//! [`crate::store::outbox`]) instead of being rejected at once.
 
 use crate::http::AppState;
 use crate::log::{ActivationRow, LogRecord};
@@ -28,6 +38,14 @@ enum Applied {
 /// Most operations replayed at once.
 const BATCH: usize = 512;
 
+/// How long an announced replay holds every sweeper: several batches, so a
+/// replay that announces before each batch holds them throughout.
+pub const REPLAY_TTL_MS: u64 = 3_000;
+
+/// How long a replica does not sweep after a store failure it saw: more
+/// than the replayers' ping interval plus an announcement, with margin.
+pub const SWEEP_HOLD_MS: i64 = 3_000;
+
 /// Replays queued operations while the store answers; returns how many were
 /// applied or rejected.
 ///
@@ -42,6 +60,10 @@ pub async fn drain(state: &AppState) -> usize {
     loop {
         let batch = state.outbox.peek(BATCH);
         if batch.is_empty() {
+            return done;
+        }
+        if let Err(e) = state.store.announce_replay(REPLAY_TTL_MS).await {
+            state.store_result("replay", &Err::<(), _>(e));
             return done;
         }
         let mut groups: Vec<(&str, Vec<&Op>)> = Vec::new();
@@ -85,7 +107,20 @@ pub async fn drain(state: &AppState) -> usize {
             state.store_result("replay", &Err::<(), _>(e));
             return done;
         }
+        let now = crate::service::unix_ms();
         for (op, applied) in outcomes {
+            let applied = match applied {
+                Applied::Rejected("unknown_event") if parkable(op) => {
+                    match state.outbox.park(op, now) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, "outbox: cannot park an operation");
+                            Applied::Rejected("unknown_event")
+                        }
+                    }
+                }
+                a => a,
+            };
             match applied {
                 Applied::Done => state
                     .metrics
@@ -116,6 +151,70 @@ pub async fn drain(state: &AppState) -> usize {
         }
         done += batch.len();
     }
+}
+
+/// Rewards and activations wait for their event; a decision waits for
+/// nothing.
+fn parkable(op: &Op) -> bool {
+    matches!(op, Op::Reward { .. } | Op::Activate { .. })
+}
+
+/// Retries the parked operations (see [`crate::store::outbox`]): applied
+/// ones leave, those still refused as `unknown_event` stay until
+/// `NUDGE_OUTBOX_PARK_MS` after they were parked, then are rejected.
+/// Returns how many left the parking.
+pub async fn retry_parked(state: &AppState) -> usize {
+    let parked = state.outbox.parked();
+    let now = crate::service::unix_ms();
+    let mut gone = Vec::new();
+    for p in parked {
+        let applied = match apply(state, &p.op).await {
+            Ok(a) => a,
+            Err(e) if e.is_transient() => {
+                state.store_result("replay", &Err::<(), _>(e));
+                break;
+            }
+            Err(e) => {
+                tracing::error!(op = p.op.kind(), error = %e, "outbox: store refused the operation");
+                Applied::Rejected("store_error")
+            }
+        };
+        let reason = match applied {
+            Applied::Done => {
+                state
+                    .metrics
+                    .outbox_replayed
+                    .with_label_values(&[p.op.kind()])
+                    .inc();
+                gone.push(p.op);
+                continue;
+            }
+            Applied::Rejected("unknown_event")
+                if now - p.since_ms < state.settings.outbox_park_ms as i64 =>
+            {
+                continue;
+            }
+            Applied::Rejected(reason) => reason,
+        };
+        tracing::warn!(
+            op = p.op.kind(),
+            reason,
+            "outbox: parked operation rejected"
+        );
+        state
+            .metrics
+            .outbox_rejected
+            .with_label_values(&[p.op.kind(), reason])
+            .inc();
+        if let Err(e) = state.outbox.reject(&p.op, reason) {
+            tracing::error!(error = %e, "outbox: cannot write rejected.jsonl");
+        }
+        gone.push(p.op);
+    }
+    if let Err(e) = state.outbox.unpark(&gone) {
+        tracing::error!(error = %e, "outbox: cannot rewrite parked.json");
+    }
+    gone.len()
 }
 
 /// The runtime of a queued operation: the policy it names, or the one the

@@ -17,7 +17,7 @@ use actix_web::{App, HttpServer, web};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -114,6 +114,7 @@ impl Application {
             settings: settings.clone(),
             auth,
             store_healthy: AtomicBool::new(true),
+            store_failed_at_ms: AtomicI64::new(0),
             draining: AtomicBool::new(false),
             outbox,
             clock: crate::clock::Clock::system(),
@@ -299,14 +300,22 @@ async fn save_state(state: &AppState) {
 /// a ping, replays it (see [`crate::recovery`]). On stop, a last fsync; what
 /// is still queued is replayed by the next start.
 async fn replayer(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    const PARKED_RETRY: Duration = Duration::from_millis(500);
     let mut tick = tokio::time::interval(FSYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_parked_retry = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
         if !state.outbox.active() {
+            // Parked operations wait for other replicas' replays: retry
+            // them at a slower pace than the queue.
+            if state.outbox.parked_len() > 0 && last_parked_retry.elapsed() >= PARKED_RETRY {
+                last_parked_retry = std::time::Instant::now();
+                recovery::retry_parked(&state).await;
+            }
             continue;
         }
         if let Err(e) = state.outbox.sync() {
@@ -339,6 +348,21 @@ async fn sweeper(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
             // Queued rewards must reach the store before a window they
             // arrived in is closed with the default.
             continue;
+        }
+        // Other replicas may hold queued rewards too: after an outage this
+        // replica saw, wait until each of them had time to announce its
+        // replay, and while one replays (see `recovery`).
+        let failed_at = state.store_failed_at_ms.load(Ordering::Relaxed);
+        if crate::service::unix_ms() - failed_at < recovery::SWEEP_HOLD_MS {
+            continue;
+        }
+        match state.store.replaying().await {
+            Ok(false) => {}
+            Ok(true) => continue,
+            Err(e) => {
+                state.store_result("sweep", &Err::<(), _>(e));
+                continue;
+            }
         }
         for rt in state.policies.values() {
             let swept = rt.sweep(&state.store, &state.log, &state.metrics).await;

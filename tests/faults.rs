@@ -674,3 +674,105 @@ fn a_persistent_private_redis_keeps_its_data_across_a_stop_a_kill_and_restarts()
     volatile.restart();
     assert!(keys(&volatile).is_empty());
 }
+
+/// Replicas replay their outboxes independently: a reward queued by one can
+/// reach the store before the decision it rewards, still queued by the
+/// other. Replica A decides while Redis is down (its outbox holds the
+/// events), replica B takes their rewards (its outbox holds those); Redis
+/// comes back while A is paused, so B replays first and finds no event.
+/// B parks the rewards instead of rejecting them, no sweeper closes a
+/// window while A replays (the 2 s windows closed during the outage, and
+/// the rewards arrived inside them), and every reward is learned as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reward_replayed_before_the_decision_another_replica_queued_waits_for_it() {
+    let mut stack = Stack::start().await;
+    let extra = [
+        ("NUDGE_SNAPSHOT_MS", "3600000"),
+        ("NUDGE_STORE_TIMEOUT_MS", "200"),
+    ];
+    let a = stack.spawn("a", &extra).await;
+    let b = stack.spawn("b", &extra).await;
+    stack.redis.stop();
+    let mut rewarded: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for policy in ["push", "windowed"] {
+        for i in 0..30 {
+            let event = format!("{policy}-{i}");
+            let (status, body) = a
+                .post(
+                    "/v1/decide",
+                    &json!({"policy": policy, "event_id": event, "context": {"x": [0.5, -1.0, f64::from(i) / 30.0]}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            // Half name their policy; the others leave it to the store's
+            // index, which B cannot read until A has replayed.
+            let mut reward = json!({"event_id": event, "reward": 1.0});
+            if i % 2 == 0 {
+                reward["policy"] = json!(policy);
+            }
+            let (status, body) = b.post("/v1/reward", &reward).await;
+            assert_eq!((status, &body["status"]), (202, &json!("queued")), "{body}");
+            rewarded.entry(policy).or_default().insert(event);
+        }
+    }
+    // Every 2 s window closes while Redis is down.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    a.pause();
+    stack.redis.restart();
+
+    // B replays first: its rewards find no event, and wait.
+    let started = Instant::now();
+    loop {
+        let r = b.get_json("/readyz").await;
+        if r["outbox_ops"] == 0 && r["outbox_parked"] == 60 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "B did not park its rewards: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for B to sweep if nothing held it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    a.resume();
+    let started = Instant::now();
+    loop {
+        let (ra, rb) = (a.get_json("/readyz").await, b.get_json("/readyz").await);
+        if ra["outbox_ops"] == 0 && rb["outbox_parked"] == 0 {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "not replayed: {ra} {rb}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    while due_count(&stack.redis, &stack.prefix, "windowed") > 0 {
+        assert!(started.elapsed() < PATIENCE, "windows did not close");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (policy, events) in &rewarded {
+        let stream = learned_stream(&stack.redis, &stack.prefix, policy);
+        let learned: Vec<String> = stream.iter().map(|(e, _, _)| e.clone()).collect();
+        assert_eq!(repeated(&learned), Vec::<String>::new(), "learned twice");
+        assert!(
+            stream.iter().all(|(_, default, r)| !default && *r == 1.0),
+            "{policy}: a default or another value learned: {stream:?}"
+        );
+        let learned: BTreeSet<String> = learned.into_iter().collect();
+        assert_eq!(
+            &learned, events,
+            "{policy}: learned events differ from rewarded"
+        );
+    }
+    let rejected = stack.data_dir("b").join("outbox/rejected.jsonl");
+    assert!(
+        !rejected.exists(),
+        "B rejected: {}",
+        std::fs::read_to_string(&rejected).unwrap_or_default()
+    );
+    // The log has every reward once, none a default.
+    wait_log_drained(&b).await;
+    let rows = stack.logged_rewards().await;
+    assert_eq!(rows.len(), 60, "{rows:?}");
+    assert!(rows.iter().all(|(_, default)| !default));
+}

@@ -59,6 +59,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "store": state.store.kind(),
         "store_ok": store.is_ok() && state.store_healthy.load(Ordering::Relaxed),
         "outbox_ops": outbox,
+        "outbox_parked": state.outbox.parked_len(),
         "log_ok": state.log.db_healthy(),
         "log_queue": state.log.queue_depth(),
         "log_spool_bytes": state.log.spool_bytes(),
@@ -71,6 +72,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.metrics;
     m.log_queue_depth.set(state.log.queue_depth() as i64);
     m.outbox_depth.set(state.outbox.len() as i64);
+    m.outbox_parked.set(state.outbox.parked_len() as i64);
     m.log_spool_bytes.set(state.log.spool_bytes() as i64);
     for (id, rt) in &state.policies {
         m.model_version

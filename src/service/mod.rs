@@ -14,7 +14,7 @@ use crate::runtime::PolicyRuntime;
 use crate::store::Store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// Everything the service shares across workers and tasks.
 pub struct Service {
@@ -32,6 +32,8 @@ pub struct Service {
     pub auth: crate::http::auth::Auth,
     /// False after a store call failed, true again after one succeeded.
     pub store_healthy: AtomicBool,
+    /// When a store call last failed (unix ms; 0: never).
+    pub store_failed_at_ms: AtomicI64,
     /// Set by SIGTERM: the replica is about to stop (`/readyz` says so,
     /// responses close their connections).
     pub draining: AtomicBool,
@@ -51,9 +53,18 @@ impl Service {
             Ok(_) => self.store_healthy.store(true, Ordering::Relaxed),
             Err(e) => {
                 self.store_healthy.store(false, Ordering::Relaxed);
+                self.store_failed_at_ms.store(unix_ms(), Ordering::Relaxed);
                 self.metrics.store_errors.with_label_values(&[op]).inc();
                 tracing::warn!(op, error = %e, "store call failed");
             }
         }
     }
+}
+
+/// The system clock in unix ms (for health bookkeeping, not decisions: those
+/// use [`Service::clock`]).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

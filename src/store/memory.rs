@@ -110,6 +110,9 @@ struct Inner {
     /// Budgeted sends without a user, by `scope@window/event`: expiry.
     #[serde(default)]
     budget_events: HashMap<String, i64>,
+    /// Until when an announced outbox replay holds sweeps (not saved).
+    #[serde(skip)]
+    replay_until: Option<std::time::Instant>,
 }
 
 /// In-process store (the embedded default).
@@ -465,6 +468,20 @@ impl ModelStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn announce_replay(&self, ttl_ms: u64) -> Result<(), StoreError> {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ttl_ms);
+        let mut inner = self.lock();
+        inner.replay_until = inner.replay_until.max(Some(until));
+        Ok(())
+    }
+
+    async fn replaying(&self) -> Result<bool, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .replay_until
+            .is_some_and(|t| t > std::time::Instant::now()))
     }
 
     async fn event_response(

@@ -394,6 +394,17 @@ pub trait ModelStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Announces, to every replica, that one of them is replaying its
+    /// outbox, for the next `ttl_ms` (by the store's clock: this is a
+    /// liveness hint, not a deadline). A replayer refreshes it before each
+    /// batch.
+    async fn announce_replay(&self, ttl_ms: u64) -> Result<(), StoreError>;
+
+    /// Whether an announced replay is still live. While it is, no replica
+    /// closes reward windows: a queued reward must reach its event before
+    /// a sweep can give the event its default.
+    async fn replaying(&self) -> Result<bool, StoreError>;
 }
 
 /// A reward for one action of one event.

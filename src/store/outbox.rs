@@ -26,6 +26,16 @@
 //! policy) are appended to `data_dir/outbox/rejected.jsonl` and counted, so
 //! nothing acknowledged disappears silently.
 //!
+//! # Parked operations
+//! Replicas replay their outboxes independently, so a reward queued by one
+//! replica can reach the store before the decision it rewards, queued by
+//! another. A reward or activation the store answers `unknown_event` at
+//! replay is therefore *parked* ([`Outbox::park`]: kept in
+//! `data_dir/outbox/parked.json`, rewritten and fsynced on every change)
+//! and retried until the decision arrives or `NUDGE_OUTBOX_PARK_MS` has
+//! passed since it was first parked; only then is it rejected. Parked
+//! operations do not keep the outbox active.
+//!
 //! The directory belongs to one process at a time (an advisory lock): each
 //! replica needs its own data dir.
 
@@ -46,6 +56,8 @@ use uuid::Uuid;
 const OPS: &str = "ops.jsonl";
 /// Operations the store refused, for a human to look at.
 const REJECTED: &str = "rejected.jsonl";
+/// Operations waiting for their event to reach the store.
+const PARKED: &str = "parked.json";
 /// Held while a process owns the directory.
 const LOCK: &str = "outbox.lock";
 /// The longest an appended operation stays without an fsync.
@@ -116,8 +128,18 @@ impl Op {
     }
 }
 
+/// A parked operation (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    /// When it was first parked (unix ms).
+    pub since_ms: i64,
+    /// The operation.
+    pub op: Op,
+}
+
 struct Inner {
     queue: VecDeque<Op>,
+    parked: Vec<Parked>,
     file: File,
     /// Appended to since the last fsync.
     dirty: bool,
@@ -170,10 +192,21 @@ impl Outbox {
                 "outbox: operations left by the last run will be replayed"
             );
         }
+        let parked: Vec<Parked> = match std::fs::read(dir.join(PARKED)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", dir.join(PARKED).display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
         let n = queue.len();
         Ok(Outbox {
             inner: Mutex::new(Inner {
                 queue,
+                parked,
                 file,
                 dirty: false,
                 dir: dir.to_path_buf(),
@@ -261,6 +294,40 @@ impl Outbox {
         Ok(())
     }
 
+    /// How many operations are parked.
+    pub fn parked_len(&self) -> usize {
+        self.lock().parked.len()
+    }
+
+    /// Parked operations (see the module doc), oldest first.
+    pub fn parked(&self) -> Vec<Parked> {
+        self.lock().parked.clone()
+    }
+
+    /// Parks `op` (first parked at `since_ms`): durable when this returns.
+    /// An operation parked already keeps its first time.
+    pub fn park(&self, op: &Op, since_ms: i64) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.parked.iter().any(|p| p.op == *op) {
+            return Ok(());
+        }
+        inner.parked.push(Parked {
+            since_ms,
+            op: op.clone(),
+        });
+        write_parked(&inner)
+    }
+
+    /// Removes these parked operations (applied, or rejected at last).
+    pub fn unpark(&self, done: &[Op]) -> io::Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        inner.parked.retain(|p| !done.contains(&p.op));
+        write_parked(&inner)
+    }
+
     /// Records an operation the store refused, with the reason, in
     /// `rejected.jsonl` (fsynced).
     pub fn reject(&self, op: &Op, reason: &str) -> io::Result<()> {
@@ -286,6 +353,24 @@ impl Outbox {
         file.write_all(&line)?;
         file.sync_data()
     }
+}
+
+/// Rewrites `parked.json` atomically (temporary file, fsync, rename): it
+/// holds few operations, and only while events are late.
+fn write_parked(inner: &Inner) -> io::Result<()> {
+    let path = inner.dir.join(PARKED);
+    if inner.parked.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let tmp = inner.dir.join("parked.json.tmp");
+    let mut file = File::create(&tmp)?;
+    serde_json::to_writer(&mut file, &inner.parked).map_err(io::Error::other)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    File::open(&inner.dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -366,6 +451,33 @@ mod tests {
         outbox.pop(2).unwrap();
         outbox.push(reward(4)).unwrap();
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn parked_operations_survive_a_reopen_and_leave_the_outbox_inactive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (reward(1), reward(2));
+        {
+            let outbox = Outbox::open(dir.path(), 100).unwrap();
+            outbox.park(&a, 10).unwrap();
+            outbox.park(&b, 20).unwrap();
+            outbox.park(&a, 30).unwrap();
+            assert!(!outbox.active(), "parking does not queue");
+        }
+        let outbox = Outbox::open(dir.path(), 100).unwrap();
+        let parked = outbox.parked();
+        assert_eq!(parked.len(), 2);
+        assert_eq!(
+            (parked[0].since_ms, &parked[0].op),
+            (10, &a),
+            "first time kept"
+        );
+        outbox.unpark(std::slice::from_ref(&a)).unwrap();
+        drop(outbox);
+        let outbox = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(outbox.parked().len(), 1);
+        outbox.unpark(&[b]).unwrap();
+        assert!(!dir.path().join(PARKED).exists());
     }
 
     #[test]

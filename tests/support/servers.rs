@@ -420,6 +420,16 @@ impl NudgeProcess {
         signal(self.child.id(), libc::SIGTERM);
     }
 
+    /// SIGSTOP: the process stays, doing nothing, until [`Self::resume`].
+    pub fn pause(&self) {
+        signal(self.child.id(), libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        signal(self.child.id(), libc::SIGCONT);
+    }
+
     /// `kill -9`, and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -261,6 +261,11 @@ impl RedisStore {
         format!("{}:{policy}:{what}", self.tag(shard))
     }
 
+    /// Set while some replica replays its outbox (one slot of its own).
+    fn replay_key(&self) -> String {
+        format!("{}:{{replay}}", self.prefix)
+    }
+
     fn snap_key(&self, policy: &str) -> String {
         format!("{}:{{{policy}}}:snap", self.prefix)
     }
@@ -784,6 +789,28 @@ impl ModelStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.cmd(&redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    async fn announce_replay(&self, ttl_ms: u64) -> Result<(), StoreError> {
+        // One key for the whole deployment: any replica's replay holds
+        // every sweeper (every replica announces with the same ttl).
+        let _: Option<String> = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(self.replay_key())
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl_ms.max(1)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn replaying(&self) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .cmd(redis::cmd("EXISTS").arg(self.replay_key()))
+            .await?;
+        Ok(n > 0)
     }
 
     async fn event_response(
