@@ -53,8 +53,17 @@ struct Event {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PolicyData {
-    events: HashMap<String, Event>,
+    /// Boxed: growing the map moves 32-byte entries, not whole events (a
+    /// resize happens under the store's one lock).
+    events: Sharded<Box<Event>>,
     due: BTreeSet<(i64, String)>,
+    /// `(expires_ms, event)`, so that forgetting the expired events visits
+    /// only them (a scan of every event under the lock stalled requests).
+    /// May hold stale pairs (an activation moves the expiry; an id reused
+    /// after retention): a pair forgets its event only if it has expired.
+    /// Rebuilt from `events` on load.
+    #[serde(skip)]
+    expiring: BTreeSet<(i64, String)>,
     stream: VecDeque<LearnedEntry>,
     next_seq: u64,
     snapshot_blob: Option<Vec<u8>>,
@@ -93,14 +102,14 @@ impl PolicyData {
         {
             self.events.remove(event_id);
         }
-        self.events.get_mut(event_id)
+        self.events.get_mut(event_id).map(|e| &mut **e)
     }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Inner {
     policies: HashMap<String, PolicyData>,
-    index: HashMap<String, (String, i64)>,
+    index: Sharded<(String, i64)>,
     /// Per user: the kept sends and when the whole history expires.
     #[serde(default)]
     users: HashMap<String, (UserHistory, i64)>,
@@ -113,6 +122,82 @@ struct Inner {
     /// Until when an announced outbox replay holds sweeps (not saved).
     #[serde(skip)]
     replay_until: Option<std::time::Instant>,
+}
+
+/// Maps that grow to millions of entries under the store's one lock: a
+/// resize rehashes every key (a cache miss each), which stalled every
+/// request for tens of milliseconds at a few hundred thousand events.
+/// Split over [`SHARDS`] maps, a resize touches a small share of them.
+/// (De)serialized as one map, so the state file's layout is unchanged.
+#[derive(Debug, Clone)]
+struct Sharded<V> {
+    shards: Vec<HashMap<String, V>>,
+}
+
+/// Maps per [`Sharded`].
+const SHARDS: usize = 64;
+
+impl<V> Default for Sharded<V> {
+    fn default() -> Self {
+        Sharded {
+            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
+        }
+    }
+}
+
+impl<V> Sharded<V> {
+    fn shard(key: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % SHARDS as u64) as usize
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.shards[Self::shard(key)].get(key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.shards[Self::shard(key)].get_mut(key)
+    }
+
+    fn insert(&mut self, key: String, value: V) -> Option<V> {
+        self.shards[Self::shard(&key)].insert(key, value)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<V> {
+        self.shards[Self::shard(key)].remove(key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.shards.iter().flatten()
+    }
+}
+
+impl<V> std::ops::Index<&str> for Sharded<V> {
+    type Output = V;
+
+    /// Panics if the key is absent, as `HashMap`'s index does.
+    fn index(&self, key: &str) -> &V {
+        self.get(key).expect("a key of the map")
+    }
+}
+
+impl<V: Serialize> Serialize for Sharded<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Sharded<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let all = HashMap::<String, V>::deserialize(d)?;
+        let mut sharded = Sharded::default();
+        for (k, v) in all {
+            sharded.insert(k, v);
+        }
+        Ok(sharded)
+    }
 }
 
 /// In-process store (the embedded default).
@@ -151,8 +236,16 @@ impl MemoryStore {
                 file.version
             )));
         }
+        let mut state = file.state;
+        for data in state.policies.values_mut() {
+            data.expiring = data
+                .events
+                .iter()
+                .map(|(id, e)| (e.expires_ms, id.clone()))
+                .collect();
+        }
         Ok(MemoryStore {
-            inner: Arc::new(Mutex::new(file.state)),
+            inner: Arc::new(Mutex::new(state)),
         })
     }
 
@@ -204,40 +297,46 @@ impl ModelStore for MemoryStore {
         rules: &RewardRules,
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
-        let mut inner = self.lock();
-        if let Some((other, expires)) = inner.index.get(&event.event_id)
+        // Everything allocated before the lock: it is held only to look up
+        // and to link.
+        let id = event.event_id.clone();
+        let expires_ms = event.deadline_ms + rules.retention_ms;
+        let fresh = Box::new(Event {
+            state: event
+                .slots
+                .iter()
+                .map(|_| SlotState {
+                    learned: false,
+                    sum: 0.0,
+                    count: 0,
+                })
+                .collect(),
+            record: event.clone(),
+            activated: false,
+            reward_ids: Vec::new(),
+            expires_ms,
+        });
+        let (due, expiring) = ((event.deadline_ms, id.clone()), (expires_ms, id.clone()));
+        let indexed = (policy.to_string(), expires_ms);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some((other, expires)) = inner.index.get(&id)
             && other != policy
             && *expires > now_ms
         {
             return Ok(Recorded::OtherPolicy(other.clone()));
         }
-        let data = inner.policies.entry(policy.to_string()).or_default();
-        if let Some(existing) = data.live(&event.event_id, now_ms) {
+        let data = match inner.policies.get_mut(policy) {
+            Some(d) => d,
+            None => inner.policies.entry(policy.to_string()).or_default(),
+        };
+        if let Some(existing) = data.live(&id, now_ms) {
             return Ok(Recorded::Existing(existing.record.response.clone()));
         }
-        let expires_ms = event.deadline_ms + rules.retention_ms;
-        data.due.insert((event.deadline_ms, event.event_id.clone()));
-        data.events.insert(
-            event.event_id.clone(),
-            Event {
-                state: event
-                    .slots
-                    .iter()
-                    .map(|_| SlotState {
-                        learned: false,
-                        sum: 0.0,
-                        count: 0,
-                    })
-                    .collect(),
-                record: event.clone(),
-                activated: false,
-                reward_ids: Vec::new(),
-                expires_ms,
-            },
-        );
-        inner
-            .index
-            .insert(event.event_id.clone(), (policy.to_string(), expires_ms));
+        data.due.insert(due);
+        data.expiring.insert(expiring);
+        data.events.insert(id.clone(), fresh);
+        inner.index.insert(id, indexed);
         Ok(Recorded::New)
     }
 
@@ -327,6 +426,7 @@ impl ModelStore for MemoryStore {
         let expires = event.expires_ms;
         data.due.remove(&(old, event_id.to_string()));
         data.due.insert((deadline, event_id.to_string()));
+        data.expiring.insert((expires, event_id.to_string()));
         if let Some(entry) = inner.index.get_mut(event_id) {
             entry.1 = expires;
         }
@@ -376,7 +476,9 @@ impl ModelStore for MemoryStore {
                     to_learn.push((slot, reward, is_default));
                 }
                 for (slot, reward, is_default) in to_learn {
-                    let action = data.events[&event_id].record.slots[slot].action.clone();
+                    let action = data.events[event_id.as_str()].record.slots[slot]
+                        .action
+                        .clone();
                     data.append(&event_id, slot, reward, is_default);
                     result
                         .learned
@@ -384,16 +486,20 @@ impl ModelStore for MemoryStore {
                 }
             }
             // Expire closed events past retention, as Redis would.
-            data.events.retain(|id, e| {
-                let keep = e.expires_ms > now_ms;
-                if !keep {
-                    forgotten.push(id.clone());
+            while let Some(first) = data.expiring.first()
+                && first.0 <= now_ms
+            {
+                let (_, id) = data.expiring.pop_first().expect("a first pair");
+                if data.events.get(&id).is_some_and(|e| e.expires_ms <= now_ms) {
+                    data.events.remove(&id);
                 }
-                keep
-            });
+                forgotten.push(id);
+            }
         }
         for id in forgotten {
-            inner.index.remove(&id);
+            if inner.index.get(&id).is_some_and(|(_, e)| *e <= now_ms) {
+                inner.index.remove(&id);
+            }
         }
         Ok(result)
     }
@@ -610,4 +716,89 @@ fn budget_key(b: &BudgetSlot) -> String {
 
 fn event_key(b: &BudgetSlot, event_id: &str) -> String {
     format!("{}@{}/{event_id}", b.scope, b.window)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Slot;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn rules() -> RewardRules {
+        RewardRules {
+            sum: false,
+            default_reward: 0.0,
+            window_ms: 1_000,
+            retention_ms: 10_000,
+        }
+    }
+
+    fn event(id: &str, deadline_ms: i64, deferred: bool) -> EventRecord {
+        EventRecord {
+            event_id: id.into(),
+            slots: vec![Slot {
+                action: "a".into(),
+                arm: 0,
+                x: vec![1.0],
+            }],
+            deadline_ms,
+            deferred,
+            response: id.as_bytes().to_vec(),
+        }
+    }
+
+    async fn known(s: &MemoryStore, id: &str) -> bool {
+        s.event_response("p", id).await.unwrap().is_some()
+            && s.event_policy(id).await.unwrap().is_some()
+    }
+
+    /// Events are forgotten by the expiry queue exactly when their
+    /// retention ends: an activation moves it, a stale pair forgets
+    /// nothing, and a state file restores the queue.
+    #[tokio::test]
+    async fn events_are_forgotten_when_their_retention_ends_and_not_before() {
+        let s = MemoryStore::new();
+        let r = rules();
+        for (id, deferred) in [("plain", false), ("deferred", true)] {
+            s.record("p", &event(id, T0 + 1_000, deferred), &r, T0)
+                .await
+                .unwrap();
+        }
+        // Activated at T0 + 500: its window ends at T0 + 1_500, its
+        // retention at T0 + 11_500 (its first pair says T0 + 11_000).
+        s.activate("p", "deferred", &r, T0 + 500).await.unwrap();
+        s.sweep("p", &r, T0 + 10_999, 100).await.unwrap();
+        assert!(known(&s, "plain").await && known(&s, "deferred").await);
+        s.sweep("p", &r, T0 + 11_000, 100).await.unwrap();
+        assert!(!known(&s, "plain").await, "past its retention");
+        assert!(
+            known(&s, "deferred").await,
+            "activation moved its retention"
+        );
+
+        // A saved and loaded store keeps forgetting on time.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        s.save(&path).await.unwrap();
+        let loaded = MemoryStore::load(&path).unwrap();
+        loaded.sweep("p", &r, T0 + 11_499, 100).await.unwrap();
+        assert!(known(&loaded, "deferred").await);
+        loaded.sweep("p", &r, T0 + 11_500, 100).await.unwrap();
+        assert!(!known(&loaded, "deferred").await);
+
+        // An id decided again after its retention, before any sweep, is a
+        // new event: its old pair (T0 + 31_000) must not forget it.
+        loaded
+            .record("p", &event("again", T0 + 21_000, false), &r, T0 + 20_000)
+            .await
+            .unwrap();
+        let reused = event("again", T0 + 33_000, false);
+        assert_eq!(
+            loaded.record("p", &reused, &r, T0 + 32_000).await.unwrap(),
+            Recorded::New
+        );
+        loaded.sweep("p", &r, T0 + 32_000, 100).await.unwrap();
+        assert!(known(&loaded, "again").await);
+    }
 }
