@@ -227,6 +227,7 @@ type DecisionTuple = (
     Option<DateTime<Utc>>,
     bool,
     Option<Json<serde_json::Value>>,
+    Option<String>,
 );
 
 type RewardTuple = (
@@ -240,9 +241,28 @@ type RewardTuple = (
     DateTime<Utc>,
 );
 
-const SELECT_DECISIONS: &str = "SELECT event_id, policy, policy_version, model_version, \
+/// Decisions with the arm set their compact candidates name (PostgreSQL).
+const PG_SELECT_DECISIONS: &str = "SELECT event_id, policy, policy_version, model_version, \
     decided_at, context, actions, candidates, action, probability, slate, deferred, \
-    activated_at, degraded, guardrails FROM decisions ORDER BY event_id";
+    activated_at, degraded, guardrails, a.arms::text FROM decisions d \
+    LEFT JOIN arm_sets a ON a.id = d.candidates->>'set' ORDER BY event_id";
+
+/// The same for SQLite.
+const SQLITE_SELECT_DECISIONS: &str = "SELECT event_id, policy, policy_version, model_version, \
+    decided_at, context, actions, candidates, action, probability, slate, deferred, \
+    activated_at, degraded, guardrails, a.arms FROM decisions d \
+    LEFT JOIN arm_sets a ON a.id = json_extract(d.candidates, '$.set') ORDER BY event_id";
+
+/// Stored candidates as logged: a compact list (disjoint decisions; see
+/// `nudge::log::arms`) expanded with its arm set, anything else as it is.
+fn as_logged(stored: &serde_json::Value, arms: Option<&str>) -> serde_json::Value {
+    let text = stored.to_string();
+    if nudge::log::arms::set_of(&text).is_none() {
+        return stored.clone();
+    }
+    let arms: Vec<String> = serde_json::from_str(arms.expect("the arm set is stored")).unwrap();
+    nudge::log::arms::to_json(&nudge::log::arms::expand(&text, &arms).unwrap())
+}
 
 fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
     let row = DecisionRow {
@@ -253,7 +273,8 @@ fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
         decided_at: t.4,
         context: t.5.0.into(),
         actions: t.6.map(|j| j.0.into()),
-        candidates: t.7.0.into(),
+        // As logged: a compact list expanded with its arm set.
+        candidates: as_logged(&t.7.0, t.15.as_deref()).into(),
         action: t.8,
         probability: t.9,
         slate: t.10.map(|j| j.0.into()),
@@ -278,7 +299,7 @@ fn reward_of(t: RewardTuple) -> RewardRow {
 }
 
 async fn pg_rows(pool: &PgPool) -> (Vec<(DecisionRow, Option<DateTime<Utc>>)>, Vec<RewardRow>) {
-    let decisions: Vec<DecisionTuple> = sqlx::query_as(SELECT_DECISIONS)
+    let decisions: Vec<DecisionTuple> = sqlx::query_as(PG_SELECT_DECISIONS)
         .fetch_all(pool)
         .await
         .unwrap();
@@ -299,7 +320,7 @@ async fn sqlite_rows(
     pool: &SqlitePool,
 ) -> (Vec<(DecisionRow, Option<DateTime<Utc>>)>, Vec<RewardRow>) {
     // JSON is TEXT in SQLite; sqlx's Json decodes it from text.
-    let decisions: Vec<DecisionTuple> = sqlx::query_as(SELECT_DECISIONS)
+    let decisions: Vec<DecisionTuple> = sqlx::query_as(SQLITE_SELECT_DECISIONS)
         .fetch_all(pool)
         .await
         .unwrap();
@@ -383,9 +404,20 @@ async fn a_thousand_mixed_records_round_trip_exactly_through_postgres() {
     assert_eq!(log.written(), 1000);
     assert!(log.db_healthy());
     assert_eq!((log.queue_depth(), log.spool_bytes()), (0, 0));
-    let (decisions, rewards) = pg_rows(&db.pool().await).await;
+    let pool = db.pool().await;
+    let (decisions, rewards) = pg_rows(&pool).await;
     assert_eq!(decisions, expected.decisions);
     assert_eq!(rewards, expected.rewards);
+    // Disjoint decisions (no `actions`) store their candidates compact,
+    // against the one arm set they share; shared-mode ones as logged.
+    let compact: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE candidates->>'set' IS NOT NULL), \
+         count(*) FILTER (WHERE actions IS NULL), (SELECT count(*) FROM arm_sets) FROM decisions",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((compact.0, compact.2), (compact.1, 1), "{compact:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +438,14 @@ async fn a_thousand_mixed_records_round_trip_exactly_through_sqlite() {
     let (decisions, rewards) = sqlite_rows(&pool).await;
     assert_eq!(decisions, expected.decisions);
     assert_eq!(rewards, expected.rewards);
+    let compact: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(json_extract(candidates, '$.set')), count(*) - count(actions), \
+         (SELECT count(*) FROM arm_sets) FROM decisions",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((compact.0, compact.2), (compact.1, 1), "{compact:?}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&pool)
         .await
@@ -794,6 +834,7 @@ async fn migrate_creates_the_sqlite_file_and_its_tables() {
     assert_eq!(
         tables,
         [
+            "arm_sets",
             "decisions",
             "decisions_policy_decided_at",
             "rewards",

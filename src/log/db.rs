@@ -38,6 +38,9 @@ enum Pool {
 #[derive(Default)]
 pub(super) struct Batch<'a> {
     pub decisions: Vec<&'a DecisionRow>,
+    /// Per decision, its candidates as stored: the compact form for a
+    /// disjoint policy ([`super::arms`]), else `None` (stored as logged).
+    pub compact: Vec<Option<super::arms::Compact>>,
     pub activations: Vec<&'a ActivationRow>,
     pub rewards: Vec<&'a RewardRow>,
 }
@@ -48,12 +51,40 @@ impl<'a> Batch<'a> {
         let mut batch = Batch::default();
         for record in records {
             match record {
-                LogRecord::Decision(d) => batch.decisions.push(d),
+                LogRecord::Decision(d) => {
+                    batch.decisions.push(d);
+                    batch.compact.push(if d.actions.is_none() {
+                        super::arms::compact(d.candidates.as_str())
+                    } else {
+                        None
+                    });
+                }
                 LogRecord::Activation(a) => batch.activations.push(a),
                 LogRecord::Reward(r) => batch.rewards.push(r),
             }
         }
         batch
+    }
+
+    /// The candidates text to store for decision `i`.
+    pub fn candidates(&self, i: usize) -> &str {
+        match &self.compact[i] {
+            Some(c) => &c.candidates,
+            None => self.decisions[i].candidates.as_str(),
+        }
+    }
+
+    /// The distinct arm sets the batch's decisions refer to: `(id, arms)`.
+    pub fn arm_sets(&self) -> Vec<(&str, &str)> {
+        let mut sets: Vec<(&str, &str)> = self
+            .compact
+            .iter()
+            .flatten()
+            .map(|c| (c.set_id.as_str(), c.arms.as_str()))
+            .collect();
+        sets.sort_unstable();
+        sets.dedup();
+        sets
     }
 }
 

@@ -37,6 +37,7 @@
 //! record, and the records refused alone are moved to
 //! `data_dir/spool/rejected.jsonl` and logged.
 
+pub mod arms;
 mod db;
 mod postgres;
 mod spool;

@@ -45,6 +45,28 @@ const COPY_DECISIONS: &str = "COPY decisions (event_id, policy, policy_version, 
 const COPY_REWARDS: &str = "COPY rewards (reward_id, event_id, policy, action, reward, signals, \
     is_default, received_at) FROM STDIN";
 
+const INSERT_ARM_SETS: &str = "INSERT INTO arm_sets (id, arms) \
+    SELECT id, arms::json FROM UNNEST($1::text[], $2::text[]) AS u(id, arms) \
+    ON CONFLICT DO NOTHING";
+
+/// Stores the arm sets the batch's compact candidates refer to, in its
+/// transaction, before the decisions (see [`super::arms`]).
+async fn insert_arm_sets(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &Batch<'_>,
+) -> Result<(), sqlx::Error> {
+    let sets = batch.arm_sets();
+    if sets.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(INSERT_ARM_SETS)
+        .bind(sets.iter().map(|s| s.0).collect::<Vec<&str>>())
+        .bind(sets.iter().map(|s| s.1).collect::<Vec<&str>>())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// SQLSTATE `unique_violation`.
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -69,9 +91,10 @@ pub(super) async fn write(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, s
 async fn write_copy(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
     let mut tx = pool.begin().await?;
+    insert_arm_sets(&mut tx, batch).await?;
     if !batch.decisions.is_empty() {
         let mut buf = String::with_capacity(batch.decisions.len() * 1024);
-        for d in &batch.decisions {
+        for (i, d) in batch.decisions.iter().enumerate() {
             copy_row(&mut buf, |row| {
                 row.text(&d.event_id);
                 row.text(&d.policy);
@@ -80,7 +103,7 @@ async fn write_copy(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::E
                 row.time(d.decided_at);
                 row.text(d.context.as_str());
                 row.opt_text(d.actions.as_ref().map(JsonText::as_str));
-                row.text(d.candidates.as_str());
+                row.text(batch.candidates(i));
                 row.text(&d.action);
                 row.display(d.probability);
                 row.opt_text(d.slate.as_ref().map(JsonText::as_str));
@@ -228,7 +251,8 @@ async fn activate(
 async fn write_idempotent(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
     let mut tx = pool.begin().await?;
-    for chunk in batch.decisions.chunks(CHUNK) {
+    insert_arm_sets(&mut tx, batch).await?;
+    for (n, chunk) in batch.decisions.chunks(CHUNK).enumerate() {
         let col = |f: fn(&DecisionRow) -> &str| chunk.iter().map(|d| f(d)).collect::<Vec<&str>>();
         let opt =
             |f: fn(&DecisionRow) -> Option<&str>| chunk.iter().map(|d| f(d)).collect::<Vec<_>>();
@@ -240,7 +264,11 @@ async fn write_idempotent(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, s
             .bind(chunk.iter().map(|d| d.decided_at).collect::<Vec<_>>())
             .bind(col(|d| d.context.as_str()))
             .bind(opt(|d| d.actions.as_ref().map(JsonText::as_str)))
-            .bind(col(|d| d.candidates.as_str()))
+            .bind(
+                (0..chunk.len())
+                    .map(|i| batch.candidates(n * CHUNK + i))
+                    .collect::<Vec<&str>>(),
+            )
             .bind(col(|d| &d.action))
             .bind(chunk.iter().map(|d| d.probability).collect::<Vec<f64>>())
             .bind(opt(|d| d.slate.as_ref().map(JsonText::as_str)))

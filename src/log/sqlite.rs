@@ -26,13 +26,22 @@ fn text(value: &super::JsonText) -> &str {
 pub(super) async fn write(pool: &SqlitePool, batch: &Batch<'_>) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
     let mut tx = pool.begin().await?;
-    for chunk in batch.decisions.chunks(MAX_BINDS / DECISION_COLUMNS) {
+    // The arm sets compact candidates refer to, before the decisions.
+    for (id, arms) in batch.arm_sets() {
+        sqlx::query("INSERT INTO arm_sets (id, arms) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(arms)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let per_chunk = MAX_BINDS / DECISION_COLUMNS;
+    for (n, chunk) in batch.decisions.chunks(per_chunk).enumerate() {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO decisions (event_id, policy, policy_version, model_version, \
              decided_at, context, actions, candidates, action, probability, slate, \
              deferred, degraded, guardrails) ",
         );
-        q.push_values(chunk, |mut row, d| {
+        q.push_values(chunk.iter().enumerate(), |mut row, (i, d)| {
             row.push_bind(&d.event_id)
                 .push_bind(&d.policy)
                 .push_bind(d.policy_version)
@@ -40,7 +49,7 @@ pub(super) async fn write(pool: &SqlitePool, batch: &Batch<'_>) -> Result<Applie
                 .push_bind(d.decided_at)
                 .push_bind(text(&d.context))
                 .push_bind(d.actions.as_ref().map(text))
-                .push_bind(text(&d.candidates))
+                .push_bind(batch.candidates(n * per_chunk + i))
                 .push_bind(&d.action)
                 .push_bind(d.probability)
                 .push_bind(d.slate.as_ref().map(text))

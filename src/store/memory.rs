@@ -516,13 +516,10 @@ impl ModelStore for MemoryStore {
         let data = inner.policies.entry(policy.to_string()).or_default();
         let reload = epoch != Some(data.epoch) || data.snapshot_cursor > cursor;
         let from = if reload { data.snapshot_cursor } else { cursor };
-        let entries = data
-            .stream
-            .iter()
-            .filter(|e| e.id > from)
-            .take(limit)
-            .cloned()
-            .collect();
+        // The stream is in id order: find the start, do not scan to it
+        // (this runs every sync_ms under the lock).
+        let start = data.stream.partition_point(|e| e.id <= from);
+        let entries = data.stream.range(start..).take(limit).cloned().collect();
         Ok(SyncBatch {
             epoch: data.epoch,
             snapshot: reload.then(|| {
@@ -552,7 +549,8 @@ impl ModelStore for MemoryStore {
         }
         data.snapshot_blob = Some(blob.to_vec());
         data.snapshot_cursor = cursor;
-        data.stream.retain(|e| e.id >= cursor);
+        let before = data.stream.partition_point(|e| e.id < cursor);
+        data.stream.drain(..before);
         Ok(true)
     }
 

@@ -287,18 +287,35 @@ impl TestApp {
     /// One decision row's `candidates`, `context` and `guardrails` JSON, as
     /// text.
     pub async fn decision_row(&self, event_id: &str) -> (String, String, Option<String>) {
+        let (candidates, context, guardrails, arms) = self.stored_decision_row(event_id).await;
+        (
+            expand_candidates(&candidates, arms.as_deref()),
+            context,
+            guardrails,
+        )
+    }
+
+    /// A decision row as stored: candidates (compact for a disjoint
+    /// policy), context, guardrails, and the arm set the candidates name.
+    pub async fn stored_decision_row(
+        &self,
+        event_id: &str,
+    ) -> (String, String, Option<String>, Option<String>) {
         let url = &self.settings.database_url;
-        let sql = "SELECT candidates, context, guardrails FROM decisions WHERE event_id = $1";
+        let sql = "SELECT candidates, context, guardrails, a.arms FROM decisions d \
+            LEFT JOIN arm_sets a ON a.id = json_extract(d.candidates, '$.set') WHERE event_id = $1";
         if url.starts_with("postgres") {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
-            let sql = "SELECT candidates::text, context::text, guardrails::text FROM decisions WHERE event_id = $1";
+            let sql = "SELECT candidates::text, context::text, guardrails::text, a.arms::text \
+                FROM decisions d LEFT JOIN arm_sets a ON a.id = d.candidates->>'set' \
+                WHERE event_id = $1";
             let row = sqlx::query(sql)
                 .bind(event_id)
                 .fetch_one(&pool)
                 .await
                 .unwrap();
             pool.close().await;
-            (row.get(0), row.get(1), row.get(2))
+            (row.get(0), row.get(1), row.get(2), row.get(3))
         } else {
             let pool = sqlx::SqlitePool::connect(url).await.unwrap();
             let row = sqlx::query(sql)
@@ -307,7 +324,7 @@ impl TestApp {
                 .await
                 .unwrap();
             pool.close().await;
-            (row.get(0), row.get(1), row.get(2))
+            (row.get(0), row.get(1), row.get(2), row.get(3))
         }
     }
 
@@ -367,4 +384,17 @@ impl Drop for TestApp {
             .ok();
         }
     }
+}
+
+/// Stored candidates as the service logged them: a compact list expanded
+/// with its arm set (`nudge::log::arms`), anything else as it is.
+pub fn expand_candidates(stored: &str, arms: Option<&str>) -> String {
+    let Some(set) = nudge::log::arms::set_of(stored) else {
+        return stored.to_string();
+    };
+    let arms: Vec<String> = serde_json::from_str(
+        arms.unwrap_or_else(|| panic!("candidates name arm set {set}, which is not in arm_sets")),
+    )
+    .unwrap();
+    nudge::log::arms::to_json(&nudge::log::arms::expand(stored, &arms).unwrap()).to_string()
 }

@@ -46,6 +46,9 @@ WHERE (?1 IS NULL OR d.policy = ?1) \
   AND (?3 IS NULL OR d.decided_at < ?3) \
 ORDER BY d.decided_at, d.event_id";
 
+/// Every arm set (small: one per distinct arm list of a disjoint policy).
+const ARM_SETS_QUERY: &str = "SELECT id, CAST(arms AS TEXT) FROM arm_sets";
+
 /// Streams decisions from a database.
 pub struct DbReader {
     rx: Receiver<anyhow::Result<LogRecord>>,
@@ -110,6 +113,7 @@ fn record(
     probability: f64,
     reward: Option<f64>,
     is_default: Option<i32>,
+    arm_sets: &ArmSets,
 ) -> anyhow::Result<LogRecord> {
     let origin = format!("{table} decisions row event_id={event_id}");
     let json = |field: &str, text: &str| -> anyhow::Result<serde_json::Value> {
@@ -118,15 +122,18 @@ fn record(
     };
     let context = json("context", &context)?;
     let actions = actions.map(|a| json("actions", &a)).transpose()?;
-    let mut de = serde_json::Deserializer::from_str(&candidates);
-    let candidates: Vec<CandidateProb> =
+    let candidates = if compact_set(&candidates).is_some() {
+        expand(&origin, &candidates, arm_sets)?
+    } else {
+        let mut de = serde_json::Deserializer::from_str(&candidates);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             anyhow::anyhow!(
                 "{origin}: field `candidates{}`: {}",
                 path_suffix(&e),
                 e.inner()
             )
-        })?;
+        })?
+    };
     Ok(LogRecord {
         event_id,
         origin: Origin::Row(origin),
@@ -144,6 +151,52 @@ fn record(
     })
 }
 
+/// The arm sets of compact candidate lists: `arm_sets.id` → the ids.
+type ArmSets = std::collections::HashMap<String, Vec<String>>;
+
+/// The arm set a compact candidates value names (see `nudge::log::arms`).
+fn compact_set(candidates: &str) -> Option<String> {
+    nudge::log::arms::set_of(candidates)
+}
+
+/// The logged list a compact value stands for.
+fn expand(origin: &str, text: &str, sets: &ArmSets) -> anyhow::Result<Vec<CandidateProb>> {
+    let set = compact_set(text).unwrap_or_default();
+    let arms = sets.get(&set).ok_or_else(|| {
+        anyhow::anyhow!("{origin}: field `candidates`: arm set {set:?} is not in table arm_sets")
+    })?;
+    let list = nudge::log::arms::expand(text, arms)
+        .map_err(|e| anyhow::anyhow!("{origin}: field `candidates`: {e}"))?;
+    Ok(list
+        .into_iter()
+        .map(|l| CandidateProb {
+            id: l.id,
+            probability: l.probability,
+            excluded_by: l.excluded_by,
+        })
+        .collect())
+}
+
+/// The arm sets read from `arm_sets` (none for a log written before the
+/// table existed: such a log has no compact lists either).
+fn arm_sets_of(rows: Result<Vec<(String, String)>, sqlx::Error>) -> ArmSets {
+    rows.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(id, arms)| Some((id, serde_json::from_str(&arms).ok()?)))
+        .collect()
+}
+
+/// `arm_sets` of a pool of either engine.
+macro_rules! load_arm_sets {
+    ($pool:expr) => {
+        arm_sets_of(
+            sqlx::query_as::<_, (String, String)>(ARM_SETS_QUERY)
+                .fetch_all($pool)
+                .await,
+        )
+    };
+}
+
 fn path_suffix<E>(e: &serde_path_to_error::Error<E>) -> String {
     let p = e.path().to_string();
     if p == "." { String::new() } else { p }
@@ -152,7 +205,7 @@ fn path_suffix<E>(e: &serde_path_to_error::Error<E>) -> String {
 /// One decision row of either engine as a record. A macro, not a function:
 /// the two engines' rows decode the same columns through different traits.
 macro_rules! record_of_row {
-    ($source:literal, $row:expr) => {
+    ($source:literal, $row:expr, $sets:expr) => {
         (|| -> anyhow::Result<LogRecord> {
             record(
                 $source,
@@ -166,6 +219,7 @@ macro_rules! record_of_row {
                 $row.try_get("probability")?,
                 $row.try_get("reward")?,
                 $row.try_get("is_default")?,
+                $sets,
             )
         })()
     };
@@ -177,13 +231,22 @@ async fn stream_postgres(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<
         .connect(url)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))?;
+    let mut sets = load_arm_sets!(&pool);
     let mut rows = sqlx::query(PG_QUERY)
         .bind(filter.policy_id.as_deref())
         .bind(filter.since)
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        let rec = record_of_row!("postgres", row);
+        // A set written after the load came with its first decision's
+        // transaction: read the table again once.
+        let text: &str = row.try_get("candidates").unwrap_or("");
+        if let Some(set) = compact_set(text)
+            && !sets.contains_key(&set)
+        {
+            sets = load_arm_sets!(&pool);
+        }
+        let rec = record_of_row!("postgres", row, &sets);
         if tx.send(rec).is_err() {
             break;
         }
@@ -200,13 +263,22 @@ async fn stream_sqlite(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()
         .connect_with(opts.read_only(true))
         .await
         .with_context(|| format!("cannot open {url}"))?;
+    let mut sets = load_arm_sets!(&pool);
     let mut rows = sqlx::query(SQLITE_QUERY)
         .bind(filter.policy_id.as_deref())
         .bind(filter.since)
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        let rec = record_of_row!("sqlite", row);
+        // A set written after the load came with its first decision's
+        // transaction: read the table again once.
+        let text: &str = row.try_get("candidates").unwrap_or("");
+        if let Some(set) = compact_set(text)
+            && !sets.contains_key(&set)
+        {
+            sets = load_arm_sets!(&pool);
+        }
+        let rec = record_of_row!("sqlite", row, &sets);
         if tx.send(rec).is_err() {
             break;
         }
