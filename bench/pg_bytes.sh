@@ -5,10 +5,10 @@
 # 127.0.0.1:5432 postgres), Nudge (release) on the embedded store with its
 # log in that database and bench/policies, then decide+reward load of
 # POLICY (default bench_linucb: LinUCB, d = 32, K = 10, a fresh random
-# 31-number context each; about half the decisions get a 0/1 reward) until
+# 31-number context each, every decision rewarded 0 or 1) until
 # at least ROWS decisions are logged. After a graceful stop (the log is
 # flushed) and VACUUM ANALYZE it prints, per table, the rows, the bytes of
-# table + TOAST + indexes (pg_total_relation_size of the partition) and
+# table + TOAST + indexes (pg_total_relation_size over its partitions) and
 # their ratio, and the average stored size of each column
 # (pg_column_size), so the figure can be traced to what fills it.
 #
@@ -72,11 +72,12 @@ psql -d "$DB" -qc "VACUUM ANALYZE"
 
 report() {
   local table=$1 columns=$2
-  psql -d "$DB" -tA -F' ' -c "SELECT count(*), pg_total_relation_size('${table}_default'),
-      pg_relation_size('${table}_default'),
-      pg_total_relation_size('${table}_default') - pg_relation_size('${table}_default')
-      - pg_indexes_size('${table}_default'), pg_indexes_size('${table}_default')
-    FROM $table" | {
+  # Every partition of the table (the rows sit in the month's partition).
+  psql -d "$DB" -tA -F' ' -c "SELECT (SELECT count(*) FROM $table),
+      sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)),
+      sum(pg_total_relation_size(relid) - pg_relation_size(relid) - pg_indexes_size(relid)),
+      sum(pg_indexes_size(relid))
+    FROM pg_partition_tree('$table') WHERE isleaf" | {
     read -r n total heap toast idx
     python3 -c "import sys; n,t,h,x,i=map(int,sys.argv[1:]); print(f'$table: rows={n} total_bytes={t} heap={h} toast={x} indexes={i}'); print(f'RESULT ${table}_bytes_per_row={t/n:.1f} heap={h/n:.1f} toast={x/n:.1f} indexes={i/n:.1f}')" "$n" "$total" "$heap" "$toast" "$idx"
   }
