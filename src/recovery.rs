@@ -97,10 +97,7 @@ pub async fn drain(state: &AppState) -> usize {
             match r {
                 Ok(a) => outcomes.push((op, a)),
                 Err(e) if e.is_transient() => failed = Some(e),
-                Err(e) => {
-                    tracing::error!(op = op.kind(), error = %e, "outbox: store refused the operation");
-                    outcomes.push((op, Applied::Rejected("store_error")));
-                }
+                Err(e) => outcomes.push((op, refused(op, &e))),
             }
         }
         if let Some(e) = failed {
@@ -121,28 +118,7 @@ pub async fn drain(state: &AppState) -> usize {
                 }
                 a => a,
             };
-            match applied {
-                Applied::Done => state
-                    .metrics
-                    .outbox_replayed
-                    .with_label_values(&[op.kind()])
-                    .inc(),
-                Applied::Rejected(reason) => {
-                    tracing::warn!(
-                        op = op.kind(),
-                        reason,
-                        "outbox: operation rejected at replay"
-                    );
-                    state
-                        .metrics
-                        .outbox_rejected
-                        .with_label_values(&[op.kind(), reason])
-                        .inc();
-                    if let Err(e) = state.outbox.reject(op, reason) {
-                        tracing::error!(error = %e, "outbox: cannot write rejected.jsonl");
-                    }
-                }
-            }
+            settle(state, op, applied);
         }
         if let Err(e) = state.outbox.pop(batch.len()) {
             // The queue is in memory; the file keeps the operations, and
@@ -150,6 +126,39 @@ pub async fn drain(state: &AppState) -> usize {
             tracing::error!(error = %e, "outbox: cannot truncate the queue file");
         }
         done += batch.len();
+    }
+}
+
+/// A store error that is not an outage: the operation is refused for good.
+fn refused(op: &Op, e: &StoreError) -> Applied {
+    tracing::error!(op = op.kind(), error = %e, "outbox: store refused the operation");
+    Applied::Rejected("store_error")
+}
+
+/// Counts an applied operation; records a refused one (warning, metric,
+/// `rejected.jsonl`), so nothing acknowledged disappears silently.
+fn settle(state: &AppState, op: &Op, applied: Applied) {
+    match applied {
+        Applied::Done => state
+            .metrics
+            .outbox_replayed
+            .with_label_values(&[op.kind()])
+            .inc(),
+        Applied::Rejected(reason) => {
+            tracing::warn!(
+                op = op.kind(),
+                reason,
+                "outbox: operation rejected at replay"
+            );
+            state
+                .metrics
+                .outbox_rejected
+                .with_label_values(&[op.kind(), reason])
+                .inc();
+            if let Err(e) = state.outbox.reject(op, reason) {
+                tracing::error!(error = %e, "outbox: cannot write rejected.jsonl");
+            }
+        }
     }
 }
 
@@ -174,42 +183,16 @@ pub async fn retry_parked(state: &AppState) -> usize {
                 state.store_result("replay", &Err::<(), _>(e));
                 break;
             }
-            Err(e) => {
-                tracing::error!(op = p.op.kind(), error = %e, "outbox: store refused the operation");
-                Applied::Rejected("store_error")
-            }
+            Err(e) => refused(&p.op, &e),
         };
-        let reason = match applied {
-            Applied::Done => {
-                state
-                    .metrics
-                    .outbox_replayed
-                    .with_label_values(&[p.op.kind()])
-                    .inc();
-                gone.push(p.op);
-                continue;
-            }
+        match applied {
             Applied::Rejected("unknown_event")
-                if now - p.since_ms < state.settings.outbox_park_ms as i64 =>
-            {
-                continue;
+                if now - p.since_ms < state.settings.outbox_park_ms as i64 => {}
+            applied => {
+                settle(state, &p.op, applied);
+                gone.push(p.op);
             }
-            Applied::Rejected(reason) => reason,
-        };
-        tracing::warn!(
-            op = p.op.kind(),
-            reason,
-            "outbox: parked operation rejected"
-        );
-        state
-            .metrics
-            .outbox_rejected
-            .with_label_values(&[p.op.kind(), reason])
-            .inc();
-        if let Err(e) = state.outbox.reject(&p.op, reason) {
-            tracing::error!(error = %e, "outbox: cannot write rejected.jsonl");
         }
-        gone.push(p.op);
     }
     if let Err(e) = state.outbox.unpark(&gone) {
         tracing::error!(error = %e, "outbox: cannot rewrite parked.json");

@@ -253,17 +253,6 @@ const SQLITE_SELECT_DECISIONS: &str = "SELECT event_id, policy, policy_version, 
     activated_at, degraded, guardrails, a.arms FROM decisions d \
     LEFT JOIN arm_sets a ON a.id = json_extract(d.candidates, '$.set') ORDER BY event_id";
 
-/// Stored candidates as logged: a compact list (disjoint decisions; see
-/// `nudge::log::arms`) expanded with its arm set, anything else as it is.
-fn as_logged(stored: &serde_json::Value, arms: Option<&str>) -> serde_json::Value {
-    let text = stored.to_string();
-    if nudge::log::arms::set_of(&text).is_none() {
-        return stored.clone();
-    }
-    let arms: Vec<String> = serde_json::from_str(arms.expect("the arm set is stored")).unwrap();
-    nudge::log::arms::to_json(&nudge::log::arms::expand(&text, &arms).unwrap())
-}
-
 fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
     let row = DecisionRow {
         event_id: t.0,
@@ -274,7 +263,9 @@ fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
         context: t.5.0.into(),
         actions: t.6.map(|j| j.0.into()),
         // As logged: a compact list expanded with its arm set.
-        candidates: as_logged(&t.7.0, t.15.as_deref()).into(),
+        candidates: nudge::log::arms::as_logged(&t.7.0.to_string(), t.15.as_deref())
+            .unwrap()
+            .into(),
         action: t.8,
         probability: t.9,
         slate: t.10.map(|j| j.0.into()),

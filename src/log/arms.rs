@@ -95,7 +95,7 @@ pub struct Logged {
 
 /// A list as the service logs it (`[{"id", "probability",
 /// "excluded_by"?}]`).
-pub fn to_json(list: &[Logged]) -> serde_json::Value {
+fn to_json(list: &[Logged]) -> serde_json::Value {
     serde_json::Value::Array(
         list.iter()
             .map(|l| {
@@ -109,12 +109,21 @@ pub fn to_json(list: &[Logged]) -> serde_json::Value {
     )
 }
 
+/// A stored compact list, parsed once ([`parse`]): the set it names, then
+/// [`Stored::expand`] with that set's arms.
 #[derive(Deserialize)]
-struct Stored {
-    set: String,
+pub struct Stored {
+    /// The arm set (`arm_sets.id`).
+    pub set: String,
     p: Vec<f64>,
     #[serde(default)]
     x: BTreeMap<usize, String>,
+}
+
+/// Whether a stored candidates value is in the compact form (an object;
+/// the logged form is an array).
+pub fn is_compact(candidates: &str) -> bool {
+    candidates.trim_start().starts_with('{')
 }
 
 /// The arm set a stored candidates value refers to, if it is compact.
@@ -123,38 +132,56 @@ pub fn set_of(candidates: &str) -> Option<String> {
     struct Head {
         set: String,
     }
-    if !candidates.trim_start().starts_with('{') {
+    if !is_compact(candidates) {
         return None;
     }
     serde_json::from_str::<Head>(candidates).ok().map(|h| h.set)
 }
 
-/// The logged list a compact value stands for, given its set's `arms`:
-/// the ids in order, each with its probability and exclusion. Errors say
-/// what does not fit.
-pub fn expand(candidates: &str, arms: &[String]) -> Result<Vec<Logged>, String> {
-    let c: Stored =
-        serde_json::from_str(candidates).map_err(|e| format!("invalid compact list: {e}"))?;
-    if arms.len() != c.p.len() || c.x.keys().any(|&i| i >= arms.len()) {
-        return Err(format!(
-            "{} probabilities (exclusions up to index {:?}) for arm set {:?} of {} arms",
-            c.p.len(),
-            c.x.keys().last(),
-            c.set,
-            arms.len()
-        ));
+/// Parses a compact value. Errors say what does not fit.
+pub fn parse(candidates: &str) -> Result<Stored, String> {
+    serde_json::from_str(candidates).map_err(|e| format!("invalid compact list: {e}"))
+}
+
+impl Stored {
+    /// The logged list it stands for, given its set's `arms`: the ids in
+    /// order, each with its probability and exclusion.
+    pub fn expand(self, arms: &[String]) -> Result<Vec<Logged>, String> {
+        if arms.len() != self.p.len() || self.x.keys().any(|&i| i >= arms.len()) {
+            return Err(format!(
+                "{} probabilities (exclusions up to index {:?}) for arm set {:?} of {} arms",
+                self.p.len(),
+                self.x.keys().last(),
+                self.set,
+                arms.len()
+            ));
+        }
+        let mut x = self.x;
+        Ok(arms
+            .iter()
+            .zip(self.p)
+            .enumerate()
+            .map(|(i, (id, probability))| Logged {
+                id: id.clone(),
+                probability,
+                excluded_by: x.remove(&i),
+            })
+            .collect())
     }
-    let mut x = c.x;
-    Ok(arms
-        .iter()
-        .zip(c.p)
-        .enumerate()
-        .map(|(i, (id, probability))| Logged {
-            id: id.clone(),
-            probability,
-            excluded_by: x.remove(&i),
-        })
-        .collect())
+}
+
+/// Stored candidates as the service logged them: a compact value expanded
+/// with `arms` (its set's JSON array, e.g. joined from `arm_sets`), any
+/// other value as it is.
+pub fn as_logged(stored: &str, arms: Option<&str>) -> Result<serde_json::Value, String> {
+    if !is_compact(stored) {
+        return serde_json::from_str(stored).map_err(|e| format!("invalid candidates: {e}"));
+    }
+    let stored = parse(stored)?;
+    let arms = arms.ok_or_else(|| format!("arm set {:?} is not in arm_sets", stored.set))?;
+    let arms: Vec<String> =
+        serde_json::from_str(arms).map_err(|e| format!("invalid arm set: {e}"))?;
+    Ok(to_json(&stored.expand(&arms)?))
 }
 
 #[cfg(test)]
@@ -165,8 +192,7 @@ mod tests {
     /// What a reader does: the compact form and the set give back the list.
     fn expand_json(c: &Compact) -> Value {
         assert_eq!(set_of(&c.candidates).as_deref(), Some(c.set_id.as_str()));
-        let arms: Vec<String> = serde_json::from_str(&c.arms).unwrap();
-        to_json(&expand(&c.candidates, &arms).unwrap())
+        as_logged(&c.candidates, Some(&c.arms)).unwrap()
     }
 
     #[test]
@@ -189,7 +215,9 @@ mod tests {
         assert_eq!(expand_json(&c), want);
         let two: Vec<String> = vec!["a".into(), "b".into()];
         assert!(
-            expand(&c.candidates, &two)
+            parse(&c.candidates)
+                .unwrap()
+                .expand(&two)
                 .unwrap_err()
                 .contains("3 probabilities")
         );

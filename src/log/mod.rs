@@ -46,7 +46,7 @@ mod sqlite;
 mod tests;
 mod writer;
 
-pub(crate) use spool::lock_dir;
+pub(crate) use spool::{lock_dir, write_atomically};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

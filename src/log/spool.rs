@@ -245,6 +245,27 @@ pub(crate) fn lock_dir(dir: &Path, name: &str, busy: &str) -> io::Result<File> {
     }
 }
 
+/// Replaces `path` atomically with what `write` writes: to a temporary file
+/// beside it (its directory created if needed), fsynced, renamed over
+/// `path`, and the directory fsynced so the rename survives a power loss.
+/// A crash at any point leaves the old file or the new one, never half.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut out = io::BufWriter::new(File::create(&tmp)?);
+    write(&mut out)?;
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Appends records the database refused to `rejected.jsonl`, with an fsync.
 pub(super) fn append_rejected(dir: &Path, records: &[LogRecord]) -> io::Result<()> {
     let mut file = OpenOptions::new()

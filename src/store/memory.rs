@@ -18,7 +18,6 @@ use super::{
 use crate::guardrails::UserHistory;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -122,6 +121,18 @@ struct Inner {
     /// Until when an announced outbox replay holds sweeps (not saved).
     #[serde(skip)]
     replay_until: Option<std::time::Instant>,
+}
+
+impl Inner {
+    /// A policy's data, created empty on first use (no allocation once it
+    /// exists: this runs under the lock on every call).
+    fn policy(&mut self, policy: &str) -> &mut PolicyData {
+        if !self.policies.contains_key(policy) {
+            self.policies
+                .insert(policy.to_string(), PolicyData::default());
+        }
+        self.policies.get_mut(policy).expect("inserted above")
+    }
 }
 
 /// Maps that grow to millions of entries under the store's one lock: a
@@ -249,8 +260,8 @@ impl MemoryStore {
         })
     }
 
-    /// Saves the whole store to `path` atomically (temporary file, fsync,
-    /// rename). The lock is held only to copy the state; encoding and
+    /// Saves the whole store to `path` atomically
+    /// ([`crate::log::write_atomically`]). The lock is held only to copy the state; encoding and
     /// writing happen after, so requests are not held up by the disk.
     pub async fn save(&self, path: &Path) -> Result<(), StoreError> {
         let state = self.lock().clone();
@@ -261,15 +272,9 @@ impl MemoryStore {
                 version: STATE_VERSION,
                 state,
             };
-            let tmp = path.with_extension("tmp");
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            serde_json::to_writer(&mut out, &file).map_err(std::io::Error::other)?;
-            out.flush()?;
-            out.get_ref().sync_all()?;
-            std::fs::rename(&tmp, &path)
+            crate::log::write_atomically(&path, |out| {
+                serde_json::to_writer(out, &file).map_err(std::io::Error::other)
+            })
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -326,10 +331,7 @@ impl ModelStore for MemoryStore {
         {
             return Ok(Recorded::OtherPolicy(other.clone()));
         }
-        let data = match inner.policies.get_mut(policy) {
-            Some(d) => d,
-            None => inner.policies.entry(policy.to_string()).or_default(),
-        };
+        let data = inner.policy(policy);
         if let Some(existing) = data.live(&id, now_ms) {
             return Ok(Recorded::Existing(existing.record.response.clone()));
         }
@@ -357,7 +359,7 @@ impl ModelStore for MemoryStore {
         } = r;
         let reward_id = reward_id.unwrap_or("");
         let mut inner = self.lock();
-        let data = inner.policies.entry(policy.to_string()).or_default();
+        let data = inner.policy(policy);
         let Some(event) = data.live(event_id, now_ms) else {
             return Ok(RewardOutcome::UnknownEvent);
         };
@@ -405,7 +407,7 @@ impl ModelStore for MemoryStore {
         now_ms: i64,
     ) -> Result<ActivateOutcome, StoreError> {
         let mut inner = self.lock();
-        let data = inner.policies.entry(policy.to_string()).or_default();
+        let data = inner.policy(policy);
         let Some(event) = data.live(event_id, now_ms) else {
             return Ok(ActivateOutcome::UnknownEvent);
         };
@@ -444,7 +446,7 @@ impl ModelStore for MemoryStore {
         let mut result = SweepResult::default();
         let mut forgotten = Vec::new();
         {
-            let data = inner.policies.entry(policy.to_string()).or_default();
+            let data = inner.policy(policy);
             let due: Vec<(i64, String)> = data
                 .due
                 .iter()
@@ -513,7 +515,7 @@ impl ModelStore for MemoryStore {
     ) -> Result<SyncBatch, StoreError> {
         let cursor = cursor.get(0);
         let mut inner = self.lock();
-        let data = inner.policies.entry(policy.to_string()).or_default();
+        let data = inner.policy(policy);
         let reload = epoch != Some(data.epoch) || data.snapshot_cursor > cursor;
         let from = if reload { data.snapshot_cursor } else { cursor };
         // The stream is in id order: find the start, do not scan to it
@@ -543,7 +545,7 @@ impl ModelStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let cursor = cursor.get(0);
         let mut inner = self.lock();
-        let data = inner.policies.entry(policy.to_string()).or_default();
+        let data = inner.policy(policy);
         if data.epoch != epoch || cursor <= data.snapshot_cursor {
             return Ok(false);
         }
@@ -556,7 +558,7 @@ impl ModelStore for MemoryStore {
 
     async fn reset(&self, policy: &str, blob: &[u8]) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let data = inner.policies.entry(policy.to_string()).or_default();
+        let data = inner.policy(policy);
         let last = data.stream.back().map_or(data.snapshot_cursor, |e| e.id);
         data.epoch += 1;
         data.snapshot_blob = Some(blob.to_vec());

@@ -355,8 +355,8 @@ impl Outbox {
     }
 }
 
-/// Rewrites `parked.json` atomically (temporary file, fsync, rename): it
-/// holds few operations, and only while events are late.
+/// Rewrites `parked.json` atomically ([`crate::log::write_atomically`]):
+/// it holds few operations, and only while events are late.
 fn write_parked(inner: &Inner) -> io::Result<()> {
     let path = inner.dir.join(PARKED);
     if inner.parked.is_empty() {
@@ -365,12 +365,9 @@ fn write_parked(inner: &Inner) -> io::Result<()> {
             _ => Ok(()),
         };
     }
-    let tmp = inner.dir.join("parked.json.tmp");
-    let mut file = File::create(&tmp)?;
-    serde_json::to_writer(&mut file, &inner.parked).map_err(io::Error::other)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    File::open(&inner.dir)?.sync_all()
+    crate::log::write_atomically(&path, |out| {
+        serde_json::to_writer(out, &inner.parked).map_err(io::Error::other)
+    })
 }
 
 #[cfg(test)]

@@ -288,11 +288,9 @@ impl TestApp {
     /// text.
     pub async fn decision_row(&self, event_id: &str) -> (String, String, Option<String>) {
         let (candidates, context, guardrails, arms) = self.stored_decision_row(event_id).await;
-        (
-            expand_candidates(&candidates, arms.as_deref()),
-            context,
-            guardrails,
-        )
+        // As logged: a compact list expanded with its arm set.
+        let logged = nudge::log::arms::as_logged(&candidates, arms.as_deref()).unwrap();
+        (logged.to_string(), context, guardrails)
     }
 
     /// A decision row as stored: candidates (compact for a disjoint
@@ -384,17 +382,4 @@ impl Drop for TestApp {
             .ok();
         }
     }
-}
-
-/// Stored candidates as the service logged them: a compact list expanded
-/// with its arm set (`nudge::log::arms`), anything else as it is.
-pub fn expand_candidates(stored: &str, arms: Option<&str>) -> String {
-    let Some(set) = nudge::log::arms::set_of(stored) else {
-        return stored.to_string();
-    };
-    let arms: Vec<String> = serde_json::from_str(
-        arms.unwrap_or_else(|| panic!("candidates name arm set {set}, which is not in arm_sets")),
-    )
-    .unwrap();
-    nudge::log::arms::to_json(&nudge::log::arms::expand(stored, &arms).unwrap()).to_string()
 }

@@ -122,7 +122,7 @@ fn record(
     };
     let context = json("context", &context)?;
     let actions = actions.map(|a| json("actions", &a)).transpose()?;
-    let candidates = if compact_set(&candidates).is_some() {
+    let candidates = if nudge::log::arms::is_compact(&candidates) {
         expand(&origin, &candidates, arm_sets)?
     } else {
         let mut de = serde_json::Deserializer::from_str(&candidates);
@@ -154,18 +154,18 @@ fn record(
 /// The arm sets of compact candidate lists: `arm_sets.id` → the ids.
 type ArmSets = std::collections::HashMap<String, Vec<String>>;
 
-/// The arm set a compact candidates value names (see `nudge::log::arms`).
-fn compact_set(candidates: &str) -> Option<String> {
-    nudge::log::arms::set_of(candidates)
-}
-
-/// The logged list a compact value stands for.
+/// The logged list a compact value stands for (see `nudge::log::arms`).
 fn expand(origin: &str, text: &str, sets: &ArmSets) -> anyhow::Result<Vec<CandidateProb>> {
-    let set = compact_set(text).unwrap_or_default();
-    let arms = sets.get(&set).ok_or_else(|| {
-        anyhow::anyhow!("{origin}: field `candidates`: arm set {set:?} is not in table arm_sets")
+    let stored = nudge::log::arms::parse(text)
+        .map_err(|e| anyhow::anyhow!("{origin}: field `candidates`: {e}"))?;
+    let arms = sets.get(&stored.set).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{origin}: field `candidates`: arm set {:?} is not in table arm_sets",
+            stored.set
+        )
     })?;
-    let list = nudge::log::arms::expand(text, arms)
+    let list = stored
+        .expand(arms)
         .map_err(|e| anyhow::anyhow!("{origin}: field `candidates`: {e}"))?;
     Ok(list
         .into_iter()
@@ -194,6 +194,20 @@ macro_rules! load_arm_sets {
                 .fetch_all($pool)
                 .await,
         )
+    };
+}
+
+/// Reads `arm_sets` again if a row names a set not loaded yet: a set is
+/// written in the transaction of its first decision, so it may be newer
+/// than the first load.
+macro_rules! refresh_arm_sets {
+    ($row:expr, $sets:expr, $pool:expr) => {
+        let text: &str = $row.try_get("candidates").unwrap_or("");
+        if let Some(set) = nudge::log::arms::set_of(text)
+            && !$sets.contains_key(&set)
+        {
+            $sets = load_arm_sets!($pool);
+        }
     };
 }
 
@@ -238,14 +252,7 @@ async fn stream_postgres(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        // A set written after the load came with its first decision's
-        // transaction: read the table again once.
-        let text: &str = row.try_get("candidates").unwrap_or("");
-        if let Some(set) = compact_set(text)
-            && !sets.contains_key(&set)
-        {
-            sets = load_arm_sets!(&pool);
-        }
+        refresh_arm_sets!(row, sets, &pool);
         let rec = record_of_row!("postgres", row, &sets);
         if tx.send(rec).is_err() {
             break;
@@ -270,14 +277,7 @@ async fn stream_sqlite(url: &str, filter: &Filter, tx: &Tx) -> anyhow::Result<()
         .bind(filter.until)
         .fetch(&pool);
     while let Some(row) = rows.try_next().await.context("reading the decisions")? {
-        // A set written after the load came with its first decision's
-        // transaction: read the table again once.
-        let text: &str = row.try_get("candidates").unwrap_or("");
-        if let Some(set) = compact_set(text)
-            && !sets.contains_key(&set)
-        {
-            sets = load_arm_sets!(&pool);
-        }
+        refresh_arm_sets!(row, sets, &pool);
         let rec = record_of_row!("sqlite", row, &sets);
         if tx.send(rec).is_err() {
             break;
