@@ -29,7 +29,6 @@ pub struct CodecError(pub &'static str);
 #[derive(Debug, Default)]
 pub struct Writer {
     out: Vec<u8>,
-    scratch: String,
 }
 
 impl Writer {
@@ -37,7 +36,6 @@ impl Writer {
     pub fn with_capacity(capacity: usize) -> Self {
         Writer {
             out: Vec::with_capacity(capacity),
-            scratch: String::new(),
         }
     }
 
@@ -79,7 +77,7 @@ impl Writer {
         if v == 0.0 && v.is_sign_positive() {
             return self.u8(0);
         }
-        match decimal(v, &mut self.scratch) {
+        match decimal(v) {
             Some((negative, m, e)) if varint_len(m) < 8 => {
                 self.u8(2 + ((((e + 63) as u8) << 1) | u8::from(negative)));
                 self.varint(m)
@@ -117,10 +115,16 @@ pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f64>, CodecError> {
     Ok(x)
 }
 
+/// 10^0 ..= 10^22: every one is exact in an f64.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
 /// `v` as `(negative, m, e)` with `|v| = m · 10^e`, from its shortest
 /// round-trip decimal; `None` when `e` falls outside ±63 or `v` is not
 /// finite.
-fn decimal(v: f64, scratch: &mut String) -> Option<(bool, u64, i32)> {
+fn decimal(v: f64) -> Option<(bool, u64, i32)> {
     if !v.is_finite() {
         return None;
     }
@@ -135,18 +139,40 @@ fn decimal(v: f64, scratch: &mut String) -> Option<(bool, u64, i32)> {
         }
         return Some((negative, m, e));
     }
-    scratch.clear();
-    // `{:e}` is the shortest decimal that parses back to the same f64:
-    // "1.2345e-1", "5e-3".
-    write!(scratch, "{a:e}").ok()?;
-    let (digits, exp) = scratch.split_once('e')?;
-    let exp: i32 = exp.parse().ok()?;
+    // Most features are short decimals ("0.1234"): find the fewest
+    // fractional digits k whose m = round(a · 10^k) the reader's own
+    // computation (m / 10^k, see `Reader::f64`) turns back into `a`. That
+    // is the shortest round-trip decimal, found in a few multiplications.
+    for k in 1..=9 {
+        let t = a * POW10[k];
+        if t >= 9_007_199_254_740_992.0 {
+            break;
+        }
+        let m = t.round();
+        if m / POW10[k] == a {
+            return Some((negative, m as u64, -(k as i32)));
+        }
+    }
+    // Ryū's output is the shortest decimal that parses back to the same
+    // f64 (Adams 2018, "Ryū: fast float-to-string conversion"), as `{:e}`
+    // is, at a fraction of `core::fmt`'s cost: "0.1234", "1.5e-7", "1e16".
+    let mut buf = ryu::Buffer::new();
+    let text = buf.format_finite(a);
+    let (digits, exp) = match text.split_once('e') {
+        Some((d, e)) => (d, e.parse::<i32>().ok()?),
+        None => (text, 0),
+    };
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let mut m: u64 = 0;
     for c in int.bytes().chain(frac.bytes()) {
         m = m.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
-    let e = exp - frac.len() as i32;
+    let mut e = exp - frac.len() as i32;
+    // "1234.0" and "0.5" carry zeros that are not significant.
+    while m != 0 && m.is_multiple_of(10) {
+        m /= 10;
+        e += 1;
+    }
     (-63..=63).contains(&e).then_some((negative, m, e))
 }
 
@@ -242,6 +268,11 @@ impl<'a> Reader<'a> {
                     } else {
                         self.parse(m, e)?
                     }
+                } else if m < (1 << 53) && (-22..0).contains(&e) {
+                    // Clinger's fast path (Clinger 1990, "How to read
+                    // floating point numbers accurately"): m and 10^-e are
+                    // exact, and one IEEE division rounds correctly.
+                    m as f64 / POW10[(-e) as usize]
                 } else {
                     self.parse(m, e)?
                 };
@@ -331,7 +362,41 @@ mod tests {
         assert!(decode_vector(&w.into_bytes()).is_err());
     }
 
+    /// The decimal as `core::fmt`'s `{:e}` gives it (the encoder before
+    /// Ryū): the bytes of events already stored must not change meaning.
+    fn fmt_decimal(v: f64) -> Option<(bool, u64, i32)> {
+        use std::fmt::Write as _;
+        if !v.is_finite() {
+            return None;
+        }
+        let a = v.abs();
+        if a.fract() == 0.0 && a < 1e15 {
+            return decimal(v);
+        }
+        let mut text = String::new();
+        write!(text, "{a:e}").ok()?;
+        let (digits, exp) = text.split_once('e')?;
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let m: u64 = format!("{int}{frac}").parse().ok()?;
+        let e = exp.parse::<i32>().ok()? - frac.len() as i32;
+        (-63..=63)
+            .contains(&e)
+            .then_some((v.is_sign_negative(), m, e))
+    }
+
     proptest! {
+        #[test]
+        fn ryu_gives_the_decimal_fmt_gave(bits in any::<u64>(), n in -10_000_000i64..10_000_000, digits in 0u32..8) {
+            // Where 17 digits are needed the shortest decimal is not unique
+            // and the two may pick different ones; such a mantissa is too
+            // long to be used (the raw bytes are written instead).
+            let used = |d: Option<(bool, u64, i32)>| d.filter(|&(_, m, _)| varint_len(m) < 8);
+            let v = f64::from_bits(bits);
+            prop_assert_eq!(used(decimal(v)), used(fmt_decimal(v)));
+            let r = n as f64 / 10f64.powi(digits as i32);
+            prop_assert_eq!(decimal(r), fmt_decimal(r));
+        }
+
         #[test]
         fn every_f64_decodes_to_its_own_bits(bits in any::<u64>()) {
             let v = f64::from_bits(bits);
