@@ -13,11 +13,19 @@
 //! seeds make the outcome deterministic. A negative control shows the test
 //! can fail: IPW with propensities that are not the logging policy's
 //! (taken as uniform) falls far below the band.
+//!
+//! The conservative intervals must cover at least at the nominal rate (at
+//! or above the band's lower end): the empirical-Bernstein interval at the
+//! end of each log, and the anytime-valid confidence sequence at every
+//! event of it at once. Their control: the normal interval looked at every
+//! 50 events, as a team watching a dashboard would, keeps the truth inside
+//! at every look in far fewer logs than the band allows.
 
 use nudge::policy::{Policy, load_file, parse_policy};
 use nudge_sim::env::engine::{Agent, Environment, RunConfig, run_policy};
 use nudge_sim::env::scenario::load_scenario;
 use nudge_sim::env::truth::policy_value;
+use nudge_sim::ope::intervals::ConfidenceSequence;
 use nudge_sim::ope::{EstimateOptions, Estimator, OpeData, estimate};
 use std::path::Path;
 
@@ -25,6 +33,10 @@ use std::path::Path;
 const SEEDS: u64 = 300;
 /// Logged events per log.
 const EVENTS: usize = 1500;
+/// What the scenario's rewards can be (`opened = 1.0`, `unsubscribed = -5.0`).
+const REWARD_RANGE: (f64, f64) = (-5.0, 1.0);
+/// Events between two looks at the normal interval (the peeking control).
+const LOOK: usize = 50;
 
 /// `P(X <= k)` for `X ~ Binomial(n, p)`, summed in log space.
 fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
@@ -128,6 +140,11 @@ fn ipw_and_dr_intervals_cover_the_true_value_at_the_nominal_rate() {
     let q: Vec<f64> = sums.iter().map(|(r, n)| r / n.max(1.0)).collect();
 
     let (mut ipw, mut dr, mut wrong) = (0u64, 0u64, 0u64);
+    // Empirical Bernstein at the end; the confidence sequence at every
+    // event (never excluding the truth); the normal interval looked at
+    // every LOOK events (the peeking the sequence exists to allow).
+    let (mut eb, mut cs_always, mut cs_end, mut peeking) = (0u64, 0u64, 0u64, 0u64);
+    let mut cs_width = 0.0;
     let mut ipw_errors = Vec::new();
     for seed in 0..SEEDS {
         let mut data = OpeData {
@@ -156,13 +173,38 @@ fn ipw_and_dr_intervals_cover_the_true_value_at_the_nominal_rate() {
             |_| {},
         )
         .unwrap();
-        let opts = EstimateOptions::default();
+        let opts = EstimateOptions {
+            confidence_sequence: true,
+            // opened = 1, unsubscribed = −5: every reward is in [−5, 1].
+            reward_range: Some(REWARD_RANGE),
+            ..EstimateOptions::default()
+        };
         let est = estimate(&data, &[Estimator::Ipw, Estimator::Dr], &opts).unwrap();
-        let covers =
-            |e: &nudge_sim::ope::Estimate| e.ci_low <= truth.value && truth.value <= e.ci_high;
+        let inside = |(lo, hi): (f64, f64)| lo <= truth.value && truth.value <= hi;
+        let covers = |e: &nudge_sim::ope::Estimate| inside((e.ci_low, e.ci_high));
         ipw += u64::from(covers(&est[0]));
         dr += u64::from(covers(&est[1]));
         ipw_errors.push(est[0].value - truth.value);
+        eb += u64::from(inside(est[0].eb_ci.expect("ipw has an EB interval")));
+        let cs_last = est[0].cs.expect("requested");
+        cs_end += u64::from(inside(cs_last));
+        cs_width += (cs_last.1 - cs_last.0) / SEEDS as f64;
+        let rounds = data.rounds().unwrap();
+        let sequence = ConfidenceSequence::new(&rounds, REWARD_RANGE, opts.alpha);
+        cs_always += u64::from(sequence.first_exclusion(truth.value).is_none());
+        let (mut sum, mut sq, mut all_looks) = (0.0, 0.0, true);
+        for (i, r) in rounds.iter().enumerate() {
+            let c = r.weight() * r.reward;
+            sum += c;
+            sq += c * c;
+            let t = (i + 1) as f64;
+            if (i + 1) % LOOK == 0 {
+                let mean = sum / t;
+                let se = ((sq - t * mean * mean) / (t - 1.0) / t).sqrt();
+                all_looks &= inside((mean - 1.96 * se, mean + 1.96 * se));
+            }
+        }
+        peeking += u64::from(all_looks);
 
         // Negative control: the same log with made-up uniform propensities.
         data.pscore.iter_mut().for_each(|p| *p = 1.0 / k as f64);
@@ -170,6 +212,27 @@ fn ipw_and_dr_intervals_cover_the_true_value_at_the_nominal_rate() {
         wrong += u64::from(covers(&bad[0]));
     }
     let (lo, hi) = band(SEEDS, 0.95);
+    eprintln!(
+        "empirical Bernstein covered {eb}; the confidence sequence covered at every event \
+         {cs_always} (at the end {cs_end}, mean width {cs_width:.4}); the normal interval at \
+         all of {} looks {peeking}",
+        EVENTS / LOOK
+    );
+    // Both are conservative by construction: at least the nominal rate.
+    assert!(
+        eb >= lo,
+        "empirical Bernstein covered {eb}/{SEEDS}, below {lo}"
+    );
+    assert!(
+        cs_always >= lo,
+        "the confidence sequence covered {cs_always}/{SEEDS} uniformly over time, below {lo}"
+    );
+    // The control: peeking at a fixed-n interval loses its coverage.
+    assert!(
+        peeking < lo,
+        "the normal interval kept {peeking}/{SEEDS} logs covered over every look: the uniform \
+         test has no power"
+    );
     let mean_error = ipw_errors.iter().sum::<f64>() / SEEDS as f64;
     eprintln!(
         "coverage over {SEEDS} logs of {EVENTS} events: ipw {ipw}, dr {dr}, \

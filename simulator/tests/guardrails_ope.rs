@@ -203,6 +203,7 @@ fn one_log(scenario: &dyn Environment, agent: &Agent, seed: u64, mode: GuardMode
         switch_tau: f64::INFINITY,
         dros_lambda: f64::INFINITY,
         tiny_propensity: 1e-3,
+        ..EstimateOptions::default()
     };
     let mut acc = Accumulator::new(opts, false).unwrap();
     let mut truth = 0.0;

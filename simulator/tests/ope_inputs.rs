@@ -551,3 +551,73 @@ fn malformed_inputs_are_errors_naming_file_line_column_and_what_was_expected() {
         assert!(err.contains(log.as_str()), "{err}");
     }
 }
+
+#[test]
+fn ipw_and_snipw_carry_an_empirical_bernstein_interval_and_on_request_a_confidence_sequence() {
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--log",
+            &fixture("synthetic.jsonl"),
+            "--target-probs",
+            &fixture("synthetic_target_soft.csv"),
+            "--reward-model",
+            &fixture("synthetic_reward_model.csv"),
+            "--estimators",
+            "ipw,snipw,dr",
+            "--bootstrap",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        try_evaluate(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let plain = run(&[]).unwrap();
+    let ev = &plain.candidates[0].1;
+    for e in &ev.estimates {
+        let weighted = e.name != "dr";
+        assert_eq!(e.eb_ci.is_some(), weighted, "{}", e.name);
+        assert_eq!(e.cs, None, "{}: only on request", e.name);
+        if let Some((lo, hi)) = e.eb_ci {
+            // Wider than the normal interval, around the same value.
+            assert!(lo < e.normal_ci.0 && e.normal_ci.1 < hi, "{}", e.name);
+            assert!((0.5 * (lo + hi) - e.value).abs() < 1e-12);
+        }
+    }
+
+    let with_cs = run(&["--confidence-sequence", "--reward-range", "0,1"]).unwrap();
+    let ev = &with_cs.candidates[0].1;
+    let (ipw, snipw) = (&ev.estimates[0], &ev.estimates[1]);
+    let cs = ipw.cs.expect("ipw has a sequence");
+    assert!(
+        cs.0 < ipw.value && ipw.value < cs.1,
+        "{cs:?} vs {}",
+        ipw.value
+    );
+    assert!(0.0 <= cs.0 && cs.1 <= 1.0, "{cs:?}");
+    // One sequence for the value both estimate.
+    assert_eq!(snipw.cs, Some(cs));
+    assert_eq!(ev.estimates[2].cs, None);
+    let json = nudge_sim::ope::report::candidate_json("c", ev, &with_cs);
+    assert_eq!(json["estimates"]["ipw"]["cs_low"].as_f64(), Some(cs.0));
+    assert_eq!(json["estimates"]["ipw"]["cs_high"].as_f64(), Some(cs.1));
+    assert!(json["estimates"]["snipw"]["eb_ci_low"].is_f64());
+    assert!(json["estimates"]["dr"].get("eb_ci_low").is_none());
+
+    // A range the rewards break, and one that is not a range.
+    let err = run(&["--reward-range", "0,0.5"]).unwrap_err().to_string();
+    assert!(
+        err.contains("reward-range") && err.contains("[0, 0.5]"),
+        "{err}"
+    );
+    let err = run(&["--reward-range", "1,0"]).unwrap_err().to_string();
+    assert!(
+        err.contains("--reward-range") && err.contains("LO < HI"),
+        "{err}"
+    );
+}

@@ -143,13 +143,13 @@ fn decimal(v: f64) -> Option<(bool, u64, i32)> {
     // fractional digits k whose m = round(a · 10^k) the reader's own
     // computation (m / 10^k, see `Reader::f64`) turns back into `a`. That
     // is the shortest round-trip decimal, found in a few multiplications.
-    for k in 1..=9 {
-        let t = a * POW10[k];
+    for (k, &p) in POW10.iter().enumerate().take(10).skip(1) {
+        let t = a * p;
         if t >= 9_007_199_254_740_992.0 {
             break;
         }
         let m = t.round();
-        if m / POW10[k] == a {
+        if m / p == a {
             return Some((negative, m as u64, -(k as i32)));
         }
     }

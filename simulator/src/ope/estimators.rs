@@ -40,6 +40,7 @@
 //! stores the 5-f64 [`Round`] of every event (40 bytes) only when a bootstrap
 //! is requested, since resampling needs them.
 
+use super::intervals::{ConfidenceSequence, empirical_bernstein};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -152,6 +153,13 @@ pub struct EstimateOptions {
     pub dros_lambda: f64,
     /// A propensity below this counts as "tiny" in the diagnostics.
     pub tiny_propensity: f64,
+    /// The range rewards can take, for the empirical-Bernstein interval and
+    /// the confidence sequence; `None`: the smallest range holding [0, 1]
+    /// and every reward seen.
+    pub reward_range: Option<(f64, f64)>,
+    /// Compute the anytime-valid confidence sequence of IPW and SNIPW
+    /// (keeps every round, as the bootstrap does).
+    pub confidence_sequence: bool,
 }
 
 impl Default for EstimateOptions {
@@ -163,6 +171,8 @@ impl Default for EstimateOptions {
             switch_tau: f64::INFINITY,
             dros_lambda: f64::INFINITY,
             tiny_propensity: 1e-3,
+            reward_range: None,
+            confidence_sequence: false,
         }
     }
 }
@@ -187,6 +197,12 @@ pub struct Estimate {
     pub normal_ci: (f64, f64),
     /// Percentile bootstrap interval (OBP's `estimate_interval`), if run.
     pub bootstrap_ci: Option<(f64, f64)>,
+    /// Empirical-Bernstein interval (IPW and SNIPW; see
+    /// [`super::intervals`]).
+    pub eb_ci: Option<(f64, f64)>,
+    /// Anytime-valid confidence sequence at the last event (IPW and SNIPW,
+    /// when requested; see [`super::intervals`]).
+    pub cs: Option<(f64, f64)>,
 }
 
 /// Diagnostics of one candidate on one log: how much the estimates can be
@@ -536,6 +552,8 @@ pub struct Accumulator {
     deterministic: u64,
     p_min: f64,
     p_max: f64,
+    r_min: f64,
+    r_max: f64,
     stochastic_target_on_logged: u64,
     kept: Vec<Round>,
 }
@@ -576,6 +594,8 @@ impl Accumulator {
             deterministic: 0,
             p_min: f64::INFINITY,
             p_max: 0.0,
+            r_min: f64::INFINITY,
+            r_max: f64::NEG_INFINITY,
             stochastic_target_on_logged: 0,
             kept: Vec::new(),
         })
@@ -612,8 +632,28 @@ impl Accumulator {
         }
         self.p_min = self.p_min.min(r.pscore);
         self.p_max = self.p_max.max(r.pscore);
-        if self.opts.bootstrap > 0 {
+        self.r_min = self.r_min.min(r.reward);
+        self.r_max = self.r_max.max(r.reward);
+        if self.keeps_rounds() {
             self.kept.push(r);
+        }
+    }
+
+    fn keeps_rounds(&self) -> bool {
+        self.opts.bootstrap > 0 || self.opts.confidence_sequence
+    }
+
+    /// The reward range of the intervals that need one: the given one
+    /// (an error if a reward fell outside it), or [0, 1] widened to every
+    /// reward seen.
+    fn reward_range(&self) -> Result<(f64, f64), OpeError> {
+        match self.opts.reward_range {
+            Some((lo, hi)) if self.r_min < lo || self.r_max > hi => Err(OpeError::Option(format!(
+                "reward-range = [{lo}, {hi}] but the log has rewards in [{}, {}]",
+                self.r_min, self.r_max
+            ))),
+            Some(range) => Ok(range),
+            None => Ok((self.r_min.min(0.0), self.r_max.max(1.0))),
         }
     }
 
@@ -663,6 +703,14 @@ impl Accumulator {
         } else {
             None
         };
+        let range = self.reward_range()?;
+        let cs = (self.opts.confidence_sequence
+            && which
+                .iter()
+                .any(|e| matches!(e, Estimator::Ipw | Estimator::Snipw)))
+        .then(|| ConfidenceSequence::new(&self.kept, range, self.opts.alpha).bounds());
+        // IPW's contribution w·r lies in W·[min(lo, 0), max(hi, 0)].
+        let ipw_width = self.w_max * (range.1.max(0.0) - range.0.min(0.0));
         let mut estimates = Vec::with_capacity(which.len());
         for (j, e) in which.iter().enumerate() {
             let k = Estimator::ALL.iter().position(|x| x == e).unwrap_or(0);
@@ -680,6 +728,9 @@ impl Accumulator {
             let normal_ci = (value - z * stderr, value + z * stderr);
             let bootstrap_ci = boot.as_ref().map(|b| b[j]);
             let (ci_low, ci_high) = bootstrap_ci.unwrap_or(normal_ci);
+            let weighted = matches!(e, Estimator::Ipw | Estimator::Snipw);
+            let eb_ci = weighted
+                .then(|| empirical_bernstein(value, var, self.n, s * ipw_width, self.opts.alpha));
             estimates.push(Estimate {
                 name: e.name().to_string(),
                 value,
@@ -688,6 +739,8 @@ impl Accumulator {
                 ci_high,
                 normal_ci,
                 bootstrap_ci,
+                eb_ci,
+                cs: cs.filter(|_| weighted),
             });
         }
         Ok(Evaluation {

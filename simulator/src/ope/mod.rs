@@ -32,6 +32,7 @@ mod db;
 pub mod candidate;
 pub mod estimators;
 pub mod fit;
+pub mod intervals;
 pub mod report;
 pub mod source;
 pub mod window;
@@ -149,6 +150,16 @@ pub struct Args {
     /// Bootstrap seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also give IPW and SNIPW an anytime-valid confidence sequence (by
+    /// betting, Waudby-Smith & Ramdas): valid at every log size at once, so
+    /// the evaluation can be rerun as data arrives and stopped once decided.
+    #[arg(long)]
+    pub confidence_sequence: bool,
+    /// The range rewards can take (`LO,HI`), for the empirical-Bernstein
+    /// interval and the confidence sequence. Default: [0, 1] widened to
+    /// every logged reward.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range)]
+    pub reward_range: Option<(f64, f64)>,
     /// A logged propensity below this counts as tiny in the diagnostics.
     #[arg(long, default_value_t = 1e-3)]
     pub tiny_propensity: f64,
@@ -194,6 +205,19 @@ pub struct Outcome {
     /// Warnings about the log as a whole (also in every candidate's
     /// diagnostics).
     pub warnings: Vec<String>,
+}
+
+/// `LO,HI` with finite `LO < HI`.
+fn parse_range(text: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("expected LO,HI with finite LO < HI (e.g. 0,1), got `{text}`");
+    let (lo, hi) = text.split_once(',').ok_or_else(bad)?;
+    let lo: f64 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: f64 = hi.trim().parse().map_err(|_| bad())?;
+    if lo.is_finite() && hi.is_finite() && lo < hi {
+        Ok((lo, hi))
+    } else {
+        Err(bad())
+    }
 }
 
 /// Runs the command.
@@ -264,6 +288,8 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         switch_tau: args.switch_tau.first().copied().unwrap_or(f64::INFINITY),
         dros_lambda: args.dros_lambda.first().copied().unwrap_or(f64::INFINITY),
         tiny_propensity: args.tiny_propensity,
+        reward_range: args.reward_range,
+        confidence_sequence: args.confidence_sequence,
     };
     // One accumulator per extra parameter value; the first value is the
     // main accumulator's. Keys name the value only when there are several.

@@ -11,23 +11,29 @@ use std::path::Path;
 /// `skipped_no_reward`, `reward_windows` (the fields of
 /// [`super::window::WindowStats`]), `estimates` (`{name: {value, stderr, ci_low,
 /// ci_high, ci_method, normal_ci_low, normal_ci_high}}`, `ci_method` being
-/// `"bootstrap"` or `"normal"`) and `diagnostics` (the fields of
+/// `"bootstrap"` or `"normal"`; IPW and SNIPW add `eb_ci_low`/`eb_ci_high`,
+/// the empirical-Bernstein interval, and with `--confidence-sequence`
+/// `cs_low`/`cs_high`) and `diagnostics` (the fields of
 /// [`super::Diagnostics`]). Non-finite numbers are `null`.
 pub fn candidate_json(name: &str, ev: &Evaluation, outcome: &Outcome) -> Value {
     let mut estimates = Map::new();
     for e in &ev.estimates {
-        estimates.insert(
-            e.name.to_string(),
-            json!({
-                "value": e.value,
-                "stderr": e.stderr,
-                "ci_low": e.ci_low,
-                "ci_high": e.ci_high,
-                "ci_method": if e.bootstrap_ci.is_some() { "bootstrap" } else { "normal" },
-                "normal_ci_low": e.normal_ci.0,
-                "normal_ci_high": e.normal_ci.1,
-            }),
-        );
+        let mut v = json!({
+            "value": e.value,
+            "stderr": e.stderr,
+            "ci_low": e.ci_low,
+            "ci_high": e.ci_high,
+            "ci_method": if e.bootstrap_ci.is_some() { "bootstrap" } else { "normal" },
+            "normal_ci_low": e.normal_ci.0,
+            "normal_ci_high": e.normal_ci.1,
+        });
+        for (key, ci) in [("eb_ci", e.eb_ci), ("cs", e.cs)] {
+            if let Some((lo, hi)) = ci {
+                v[format!("{key}_low")] = json!(lo);
+                v[format!("{key}_high")] = json!(hi);
+            }
+        }
+        estimates.insert(e.name.to_string(), v);
     }
     json!({
         "candidate": name,
@@ -84,6 +90,21 @@ pub fn write_table(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result<()>
                 e.stderr,
                 format!("[{:.6}, {:.6}]", e.ci_low, e.ci_high)
             )?;
+            for (ci, label) in [
+                (e.eb_ci, "empirical Bernstein"),
+                (e.cs, "anytime-valid (confidence sequence)"),
+            ] {
+                if let Some((lo, hi)) = ci {
+                    writeln!(
+                        out,
+                        "  {:<10} {:>12} {:>12} {:>27}  {label}",
+                        "",
+                        "",
+                        "",
+                        format!("[{lo:.6}, {hi:.6}]")
+                    )?;
+                }
+            }
         }
         writeln!(
             out,
