@@ -140,4 +140,127 @@ fn tuning_on_a_logged_run_re_scores_its_signals() {
     // the printout).
     assert!(rate(2, "unsubscribed") < rate(0, "unsubscribed"));
     assert!(rate(0, "opened") > 0.0 && rate(0, "opened") < 1.0);
+
+    // A constraint halfway between the extremes: some settings meet it,
+    // some do not, and the best is the feasible one with the most opens,
+    // its margin with an interval from the estimate's standard error.
+    let bound = 0.5 * (rate(0, "unsubscribed") + rate(2, "unsubscribed"));
+    let out = Command::new(env!("CARGO_BIN_EXE_nudge-sim"))
+        .arg("tune")
+        .arg("--log")
+        .arg(&log)
+        .arg("--policy")
+        .arg(root.join("../policies/push_send.toml"))
+        .args([
+            "-w",
+            "opened=1",
+            "-w",
+            "unsubscribed=0..-20",
+            "--steps",
+            "3",
+        ])
+        .args(["--subject-to", &format!("unsubscribed <= {bound}")])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_constrained(&c, "unsubscribed", bound);
+    for s in c["settings"].as_array().unwrap() {
+        let se = s["stderr"]["unsubscribed"].as_f64().unwrap();
+        assert!(se > 0.0 && se < 0.01, "{se}");
+    }
+    let m = &c["best"]["margins"][0];
+    let (lo, hi) = (
+        m["interval"][0].as_f64().unwrap(),
+        m["interval"][1].as_f64().unwrap(),
+    );
+    let margin = m["margin"].as_f64().unwrap();
+    assert!(lo < margin && margin < hi, "{lo} {margin} {hi}");
+    assert_eq!(c["best"]["certain"], lo >= 0.0);
+}
+
+/// Every setting is marked feasible exactly when it meets `signal <=
+/// bound`, there are both kinds, and `best` is the feasible one with the
+/// most opens, with its margin.
+fn check_constrained(t: &serde_json::Value, signal: &str, bound: f64) {
+    let settings = t["settings"].as_array().unwrap();
+    let value = |s: &serde_json::Value, k: &str| s["outcomes"][k].as_f64().unwrap();
+    for s in settings {
+        assert_eq!(s["feasible"], value(s, signal) <= bound, "{s}");
+    }
+    let feasible: Vec<&serde_json::Value> =
+        settings.iter().filter(|s| s["feasible"] == true).collect();
+    assert!(!feasible.is_empty() && feasible.len() < settings.len());
+    let best = feasible
+        .iter()
+        .max_by(|a, b| value(a, "opened").total_cmp(&value(b, "opened")))
+        .unwrap();
+    assert_eq!(t["best"]["weights"], best["weights"]);
+    assert_eq!(t["best"]["objective"], "max opened");
+    let m = &t["best"]["margins"][0];
+    assert_eq!(m["constraint"], format!("{signal} <= {bound}"));
+    assert!((m["margin"].as_f64().unwrap() - (bound - value(best, signal))).abs() < 1e-12);
+}
+
+#[test]
+fn a_constraint_picks_the_best_feasible_setting_and_no_feasible_one_is_said() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let tune = |constraint: &str, format: &str, plot: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nudge-sim"));
+        cmd.arg("tune")
+            .arg(root.join("scenarios/push_send.toml"))
+            .args([
+                "-w",
+                "opened=1",
+                "-w",
+                "unsubscribed=0..-20",
+                "--steps",
+                "3",
+            ])
+            .args(["--horizon", "2000", "--subject-to", constraint])
+            .args(["--format", format]);
+        if let Some(p) = plot {
+            cmd.arg("--plot").arg(p);
+        }
+        cmd.output().unwrap()
+    };
+    let plain = tune("opened >= 0", "json", None);
+    let t: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    let rate = |i: usize| {
+        t["settings"][i]["outcomes"]["unsubscribed"]
+            .as_f64()
+            .unwrap()
+    };
+    let bound = 0.5 * (rate(0) + rate(2));
+    let plot = dir.path().join("t.svg");
+    let out = tune(&format!("unsubscribed<={bound}"), "json", Some(&plot));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_constrained(&c, "unsubscribed", bound);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.contains("(best feasible)") && svg.contains(&format!("unsubscribed &lt;= {bound}"))
+    );
+
+    let none = tune("unsubscribed <= 0", "table", None);
+    assert!(none.status.success());
+    let text = String::from_utf8(none.stdout).unwrap();
+    assert!(
+        text.contains("no setting meets unsubscribed <= 0"),
+        "{text}"
+    );
+    let bad = tune("unsubscribed = 0.1", "table", None);
+    assert!(!bad.status.success());
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.contains("expected `SIGNAL <= VALUE`"), "{err}");
 }

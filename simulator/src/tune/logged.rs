@@ -176,6 +176,10 @@ pub fn tune_log(
             }
         }
         let (mut sum_w, mut sum_ws, mut sum_wr) = (0.0, vec![0.0; signals.len()], 0.0);
+        // For the delta-method variance of each ratio Σws / Σw:
+        // Σ w² (s − v)² = Σ w²s² − 2v Σ w²s + v² Σ w².
+        let (mut sum_w2, mut sum_w2s, mut sum_w2s2) =
+            (0.0, vec![0.0; signals.len()], vec![0.0; signals.len()]);
         for e in test {
             let decision = decide(&learner, &model, e)?;
             let p = position(&learner, e, &decision.candidates)
@@ -183,8 +187,12 @@ pub fn tune_log(
             let w = p / e.probability;
             sum_w += w;
             sum_wr += w * score(e);
+            sum_w2 += w * w;
             for (j, s) in signals.iter().enumerate() {
-                sum_ws[j] += w * e.signals.get(s).copied().unwrap_or(0.0);
+                let v = e.signals.get(s).copied().unwrap_or(0.0);
+                sum_ws[j] += w * v;
+                sum_w2s[j] += w * w * v;
+                sum_w2s2[j] += w * w * v * v;
             }
         }
         on_progress(events.len() as u64);
@@ -203,7 +211,19 @@ pub fn tune_log(
             realised: None,
             mean_reward: sum_wr / sum_w,
             regret: None,
+            stderr: Some(
+                signals
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| {
+                        let v = sum_ws[j] / sum_w;
+                        let ss = sum_w2s2[j] - 2.0 * v * sum_w2s[j] + v * v * sum_w2;
+                        (s.clone(), ss.max(0.0).sqrt() / sum_w)
+                    })
+                    .collect(),
+            ),
             pareto: false,
+            feasible: None,
             guardrails: None,
             users: None,
             guard: Default::default(),
@@ -224,6 +244,8 @@ pub fn tune_log(
             seed: 0,
             objectives: objectives.to_vec(),
             settings,
+            constraints: Vec::new(),
+            best: None,
         },
         signals,
     ))

@@ -18,6 +18,7 @@
 //!   scenario (off-policy training and self-normalised IPW).
 //! - this file: the command, its table, JSON and trade-off plot.
 
+pub mod constraint;
 pub mod grid;
 pub mod guard;
 pub mod logged;
@@ -90,6 +91,11 @@ pub struct Args {
     /// Seed of contexts and outcomes (default: the scenario's `seed`).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// A constraint on a signal's mean per round, `SIGNAL <= VALUE` or
+    /// `SIGNAL >= VALUE` (repeatable): the output names the best setting
+    /// meeting all of them (best on the first objective) and its margins.
+    #[arg(long = "subject-to", value_name = "CONSTRAINT")]
+    pub subject_to: Vec<String>,
     /// Plot the trade-off (`.png` or `.svg`).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
@@ -113,8 +119,15 @@ pub struct Setting {
     /// Cumulative pseudo-regret under this setting's reward function
     /// (scenarios only).
     pub regret: Option<f64>,
+    /// Per signal: the standard error of `outcomes` (logs only: the
+    /// self-normalised IPW estimate's delta-method error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<BTreeMap<String, f64>>,
     /// Whether no other setting dominates it on the objectives.
     pub pareto: bool,
+    /// Whether it meets every `--subject-to` constraint (absent without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feasible: Option<bool>,
     /// The setting's guardrails, when the grid has some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guardrails: Option<GuardLabel>,
@@ -142,6 +155,13 @@ pub struct Tuning {
     pub objectives: Vec<Objective>,
     /// One per grid point.
     pub settings: Vec<Setting>,
+    /// The `--subject-to` constraints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<constraint::Constraint>,
+    /// The best setting meeting every constraint (with constraints; absent
+    /// when none meets them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best: Option<constraint::Best>,
 }
 
 /// Runs `policy_file`'s policy on `scenario` under every weight setting of
@@ -226,7 +246,9 @@ pub fn tune_with(
                 realised: Some(per(&run.signal_totals)),
                 mean_reward: run.cumulative_reward / n,
                 regret: Some(run.regret),
+                stderr: None,
                 pareto: false,
+                feasible: None,
                 guardrails: in_grid.then(|| g.label()),
                 users: run.users.clone(),
                 guard: *g,
@@ -248,6 +270,8 @@ pub fn tune_with(
         seed,
         objectives: objectives.to_vec(),
         settings,
+        constraints: Vec::new(),
+        best: None,
     })
 }
 
@@ -259,7 +283,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .map(|w| grid::parse_weight(w, args.steps))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let grid = grid::cartesian(&specs)?;
-    let (tuning, signals) = match (&args.scenario, &args.log) {
+    let (mut tuning, signals) = match (&args.scenario, &args.log) {
         (Some(path), _) => tune_scenario(&args, path, &specs, &grid)?,
         (None, Some(log)) => {
             if args.cap.is_some() || args.quiet_hours.is_some() {
@@ -282,6 +306,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give a scenario file or --log FILE"),
     };
+    tuning.constraints = args
+        .subject_to
+        .iter()
+        .map(|c| constraint::Constraint::parse(c, &signals))
+        .collect::<anyhow::Result<_>>()?;
+    tuning.best = constraint::apply(&mut tuning);
     if let Some(path) = &args.plot {
         plot(path, &tuning)?;
     }
@@ -394,7 +424,11 @@ pub fn write_table(out: &mut dyn Write, t: &Tuning, signals: &[String]) -> std::
         .settings
         .iter()
         .any(|s| s.users.as_ref().is_some_and(|u| u.users > 0));
+    let constrained = !t.constraints.is_empty();
     let mut header = String::from("pareto");
+    if constrained {
+        header.push_str(" meets");
+    }
     for w in &weight_names {
         header.push_str(&format!(" {:>12}", "w.".to_string() + w));
     }
@@ -411,6 +445,16 @@ pub fn write_table(out: &mut dyn Write, t: &Tuning, signals: &[String]) -> std::
     writeln!(out, "{header}")?;
     for s in &t.settings {
         let mut line = format!("{:<6}", if s.pareto { "*" } else { "" });
+        if constrained {
+            line.push_str(&format!(
+                " {:<5}",
+                if s.feasible == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ));
+        }
         for w in &weight_names {
             line.push_str(&format!(" {:>12}", s.weights[*w]));
         }
@@ -446,6 +490,45 @@ pub fn write_table(out: &mut dyn Write, t: &Tuning, signals: &[String]) -> std::
             out,
             "unsub.: users who unsubscribed during the run; sends: sends delivered"
         )?;
+    }
+    if constrained {
+        let wanted: Vec<String> = t.constraints.iter().map(|c| c.text()).collect();
+        match &t.best {
+            None => writeln!(
+                out,
+                "no setting meets {}: widen the grid or relax the constraint",
+                wanted.join(" and ")
+            )?,
+            Some(b) => {
+                let weights: Vec<String> =
+                    b.weights.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(
+                    out,
+                    "best setting subject to {}: {} ({} = {:.5})",
+                    wanted.join(" and "),
+                    weights.join(" "),
+                    b.objective,
+                    b.value
+                )?;
+                for m in &b.margins {
+                    let interval = m.interval.map_or(String::new(), |(lo, hi)| {
+                        format!(" (95% interval of the margin [{lo:.5}, {hi:.5}])")
+                    });
+                    writeln!(
+                        out,
+                        "  {}: {:.5}, margin {:.5}{interval}",
+                        m.constraint, m.value, m.margin
+                    )?;
+                }
+                if !b.certain {
+                    writeln!(
+                        out,
+                        "  warning: the estimate's interval crosses the bound: the log cannot \
+                         tell whether this setting meets the constraint"
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -562,17 +645,56 @@ fn draw<DB: DrawingBackend>(
         .map_err(plot_err)?
         .label("Pareto front")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    // Each constraint on a plotted signal is a dashed line at its bound.
+    let axes: Vec<&str> = match t.objectives.as_slice() {
+        [x, y, ..] => vec![x.signal.as_str(), y.signal.as_str()],
+        [only] => vec!["", only.signal.as_str()],
+        [] => vec![],
+    };
+    for c in &t.constraints {
+        let line = match axes.iter().position(|a| *a == c.signal) {
+            Some(0) if (x0..=x1).contains(&c.bound) => vec![(c.bound, y0), (c.bound, y1)],
+            Some(1) if (y0..=y1).contains(&c.bound) => vec![(x0, c.bound), (x1, c.bound)],
+            _ => continue,
+        };
+        chart
+            .draw_series(DashedLineSeries::new(line, 6, 4, BLUE.stroke_width(1)))
+            .map_err(plot_err)?
+            .label(c.text())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    }
+    // A label starts right of its point unless it would run past the
+    // plot's right edge; then it ends left of the point.
+    let plot_width = f64::from(chart.plotting_area().dim_in_pixel().0);
+    let best = t.best.as_ref().map(|b| b.index);
     chart
-        .draw_series(points.iter().zip(&t.settings).map(|(p, s)| {
-            let style = if s.pareto {
-                RED.filled()
-            } else {
-                BLACK.mix(0.5).filled()
-            };
-            EmptyElement::at(*p)
-                + Circle::new((0, 0), 5, style)
-                + Text::new(label(s), (7, -12), ("sans-serif", 12).into_font())
-        }))
+        .draw_series(
+            points
+                .iter()
+                .zip(&t.settings)
+                .enumerate()
+                .map(|(i, (p, s))| {
+                    let style = if s.pareto {
+                        RED.filled()
+                    } else {
+                        BLACK.mix(0.5).filled()
+                    };
+                    let mut text = label(s);
+                    if best == Some(i) {
+                        text.push_str(" (best feasible)");
+                    }
+                    let text_width = 6.5 * text.chars().count() as f64;
+                    let at = (p.0 - x0) / (x1 - x0) * plot_width;
+                    let dx = if at + 7.0 + text_width > plot_width {
+                        -(text_width as i32) - 7
+                    } else {
+                        7
+                    };
+                    EmptyElement::at(*p)
+                        + Circle::new((0, 0), if best == Some(i) { 8 } else { 5 }, style)
+                        + Text::new(text, (dx, -12), ("sans-serif", 12).into_font())
+                }),
+        )
         .map_err(plot_err)?;
     chart
         .configure_series_labels()
