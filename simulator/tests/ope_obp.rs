@@ -258,3 +258,77 @@ fn the_standard_error_is_the_sample_deviation_of_the_contributions_over_root_n()
     assert!((e[0].value - 4.0 / 3.0).abs() < 1e-15);
     assert!((e[0].stderr - (4.0f64 / 3.0 / 3.0).sqrt()).abs() < 1e-15);
 }
+
+/// Slates: from each slate's two softmax distributions and its logged
+/// items, Nudge's per-position probabilities (conditionals multiplied down
+/// the slate, exact item-position marginals) equal obp's pscore,
+/// pscore_item_position and pscore_cascade, and SIPS, IIPS and RIPS equal
+/// obp's estimates (`fixtures/obp/make_slate_fixtures.py`).
+#[test]
+fn slate_estimators_agree_with_obp() {
+    use nudge_sim::ope::slate::{SlateEstimator, estimate, from_draws};
+    let text = std::fs::read_to_string(fixture("slate.json")).unwrap();
+    let fx: Value = serde_json::from_str(&text).unwrap();
+    let floats = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let close = |a: f64, b: f64, tol: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1e-300),
+            "{what}: {a} vs obp {b}"
+        );
+    };
+    let mut slates = Vec::new();
+    for (t, s) in fx["slates"].as_array().unwrap().iter().enumerate() {
+        let items: Vec<usize> = s["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let positions = from_draws(
+            &floats(&s["rewards"]),
+            &items,
+            &floats(&s["b"]),
+            &floats(&s["e"]),
+        )
+        .expect("6 candidates");
+        for (k, p) in positions.iter().enumerate() {
+            let obp = &s["obp"];
+            for (ours, key) in [
+                (p.b_slate, "b_slate"),
+                (p.b_item, "b_item"),
+                (p.b_prefix, "b_prefix"),
+                (p.e_slate, "e_slate"),
+                (p.e_item, "e_item"),
+                (p.e_prefix, "e_prefix"),
+            ] {
+                close(
+                    ours,
+                    floats(&obp[key])[k],
+                    1e-12,
+                    &format!("slate {t} position {k} {key}"),
+                );
+            }
+        }
+        slates.push(positions);
+    }
+    assert_eq!(slates.len(), 300);
+    let est = estimate(&slates, &SlateEstimator::ALL, 0.05);
+    for e in &est {
+        let want = fx["expected"][&e.name].as_f64().unwrap();
+        close(e.value, want, 1e-9, &e.name);
+        assert!(e.stderr > 0.0 && e.ci_low < e.value && e.value < e.ci_high);
+    }
+    eprintln!(
+        "slates vs obp: {}",
+        est.iter()
+            .map(|e| format!("{} {:.12}", e.name, e.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

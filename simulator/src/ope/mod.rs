@@ -34,6 +34,7 @@ pub mod estimators;
 pub mod fit;
 pub mod intervals;
 pub mod report;
+pub mod slate;
 pub mod source;
 pub mod window;
 
