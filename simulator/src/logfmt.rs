@@ -100,4 +100,8 @@ pub struct LoggedEvent {
     /// (the `decisions.guardrails` column); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guardrails: Option<Value>,
+    /// For slates: the summed rewards of each item that has any,
+    /// `{action id: reward}` (`reward` is the top item's); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_rewards: Option<std::collections::BTreeMap<String, f64>>,
 }

@@ -282,6 +282,7 @@ pub fn logged_event(
         action: all[arm].clone(),
         probability: d.probabilities[taken],
         slate: None,
+        item_rewards: None,
         deferred: false,
         degraded: false,
         reward: Some(step.reward),

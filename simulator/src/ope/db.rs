@@ -16,16 +16,23 @@ use futures_util::TryStreamExt;
 use sqlx::Row;
 use std::sync::mpsc::{Receiver, sync_channel};
 
-/// PostgreSQL: JSON columns cast to text, rewards summed per event.
+/// PostgreSQL: JSON columns cast to text; the rewards of the chosen action
+/// summed (a slate's other items have their own rewards: those come per
+/// item, `{action: sum}`, for slates only).
 const PG_QUERY: &str = "\
 SELECT d.event_id, d.policy, d.decided_at, d.context::text AS context, \
        d.actions::text AS actions, d.candidates::text AS candidates, d.action, \
-       d.probability, r.reward, r.is_default \
+       d.probability, d.slate::text AS slate, r.reward, r.is_default, \
+       CASE WHEN d.slate IS NULL THEN NULL ELSE \
+         (SELECT json_object_agg(x.action, x.s)::text FROM \
+            (SELECT action, SUM(reward) AS s FROM rewards r2 \
+             WHERE r2.event_id = d.event_id AND ($1::text IS NULL OR r2.policy = $1) \
+             GROUP BY action) x) END AS item_rewards \
 FROM decisions d \
-LEFT JOIN (SELECT event_id, SUM(reward) AS reward, \
+LEFT JOIN (SELECT event_id, action, SUM(reward) AS reward, \
                   MAX(CASE WHEN is_default THEN 1 ELSE 0 END) AS is_default FROM rewards \
-           WHERE ($1::text IS NULL OR policy = $1) GROUP BY event_id) r \
-       ON r.event_id = d.event_id \
+           WHERE ($1::text IS NULL OR policy = $1) GROUP BY event_id, action) r \
+       ON r.event_id = d.event_id AND r.action = d.action \
 WHERE ($1::text IS NULL OR d.policy = $1) \
   AND ($2::timestamptz IS NULL OR d.decided_at >= $2) \
   AND ($3::timestamptz IS NULL OR d.decided_at < $3) \
@@ -35,12 +42,17 @@ ORDER BY d.decided_at, d.event_id";
 /// compares chronologically.
 const SQLITE_QUERY: &str = "\
 SELECT d.event_id, d.policy, d.decided_at, d.context, d.actions, d.candidates, \
-       d.action, d.probability, r.reward, r.is_default \
+       d.action, d.probability, d.slate, r.reward, r.is_default, \
+       CASE WHEN d.slate IS NULL THEN NULL ELSE \
+         (SELECT json_group_object(x.action, x.s) FROM \
+            (SELECT action, SUM(reward) AS s FROM rewards r2 \
+             WHERE r2.event_id = d.event_id AND (?1 IS NULL OR r2.policy = ?1) \
+             GROUP BY action) x) END AS item_rewards \
 FROM decisions d \
-LEFT JOIN (SELECT event_id, SUM(reward) AS reward, \
+LEFT JOIN (SELECT event_id, action, SUM(reward) AS reward, \
                   MAX(CASE WHEN is_default THEN 1 ELSE 0 END) AS is_default FROM rewards \
-           WHERE (?1 IS NULL OR policy = ?1) GROUP BY event_id) r \
-       ON r.event_id = d.event_id \
+           WHERE (?1 IS NULL OR policy = ?1) GROUP BY event_id, action) r \
+       ON r.event_id = d.event_id AND r.action = d.action \
 WHERE (?1 IS NULL OR d.policy = ?1) \
   AND (?2 IS NULL OR d.decided_at >= ?2) \
   AND (?3 IS NULL OR d.decided_at < ?3) \
@@ -111,8 +123,10 @@ fn record(
     candidates: String,
     action: String,
     probability: f64,
+    slate: Option<String>,
     reward: Option<f64>,
     is_default: Option<i32>,
+    item_rewards: Option<String>,
     arm_sets: &ArmSets,
 ) -> anyhow::Result<LogRecord> {
     let origin = format!("{table} decisions row event_id={event_id}");
@@ -121,6 +135,17 @@ fn record(
             .map_err(|e| anyhow::anyhow!("{origin}: field `{field}`: invalid JSON: {e}"))
     };
     let context = json("context", &context)?;
+    let slate: Option<Vec<CandidateProb>> = slate
+        .map(|t| {
+            serde_json::from_str(&t).map_err(|e| anyhow::anyhow!("{origin}: field `slate`: {e}"))
+        })
+        .transpose()?;
+    let item_rewards: Option<std::collections::BTreeMap<String, f64>> = item_rewards
+        .map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| anyhow::anyhow!("{origin}: the rewards of its slate items: {e}"))
+        })
+        .transpose()?;
     let actions = actions.map(|a| json("actions", &a)).transpose()?;
     let candidates = if nudge::log::arms::is_compact(&candidates) {
         expand(&origin, &candidates, arm_sets)?
@@ -148,6 +173,8 @@ fn record(
         actions,
         candidates,
         features: Vec::new(),
+        slate,
+        item_rewards,
     })
 }
 
@@ -231,8 +258,10 @@ macro_rules! record_of_row {
                 $row.try_get("candidates")?,
                 $row.try_get("action")?,
                 $row.try_get("probability")?,
+                $row.try_get("slate")?,
                 $row.try_get("reward")?,
                 $row.try_get("is_default")?,
+                $row.try_get("item_rewards")?,
                 $sets,
             )
         })()

@@ -185,6 +185,8 @@ struct Slot {
     /// Replay counted with the candidate's seeded draw (policy files).
     replay: Option<Accumulator>,
     kind: Kind,
+    /// The positions of every slate decision (for SIPS, IIPS, RIPS).
+    slates: Vec<Vec<slate::SlatePosition>>,
 }
 
 enum Kind {
@@ -364,6 +366,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             extra: make_extra()?,
             replay: Some(Accumulator::new(opts.clone(), has_model)?),
             kind: Kind::Policy(Box::new(cand)),
+            slates: Vec::new(),
         });
         if which.contains(&Estimator::Replay) {
             slots.push(Slot {
@@ -372,6 +375,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 extra: Vec::new(),
                 replay: None,
                 kind: Kind::Learning(idx),
+                slates: Vec::new(),
             });
         }
     }
@@ -382,6 +386,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             extra: make_extra()?,
             replay: None,
             kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
+            slates: Vec::new(),
         });
     }
 
@@ -423,6 +428,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             continue;
         };
         check_record(&rec, reward)?;
+        let item_default = windows.default_for(&rec);
         let q: Option<&Pairs> = if let Some(f) = model_file.as_mut() {
             Some(f.rows_for(&rec.event_id, &rec.origin)?.1)
         } else if let Some(m) = &fitted {
@@ -445,14 +451,21 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     check_distribution(&rec, dist, &where_)?;
                     let dist = eligible_distribution(&rec, dist, &mut elig_buf, &where_)?;
                     let round = round_of(&rec, reward, dist, q, &where_)?;
+                    if let Some(s) = slate_of(&rec, reward, item_default, dist, &where_)? {
+                        slot.slates.push(s);
+                    }
                     slot.main.push(round);
                     slot.extra.iter_mut().for_each(|x| x.2.push(round));
                 }
                 Kind::Policy(cand) => {
                     let step = cand.step(&rec, reward)?;
-                    let round = round_of(&rec, reward, &step.distribution, q, &|| {
-                        rec.origin.to_string()
-                    })?;
+                    let where_ = || rec.origin.to_string();
+                    let round = round_of(&rec, reward, &step.distribution, q, &where_)?;
+                    if let Some(s) =
+                        slate_of(&rec, reward, item_default, &step.distribution, &where_)?
+                    {
+                        slot.slates.push(s);
+                    }
                     slot.main.push(round);
                     slot.extra.iter_mut().for_each(|x| x.2.push(round));
                     if let Some(r) = slot.replay.as_mut() {
@@ -541,6 +554,20 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 ev.estimates.insert(pos + 1 + k, est);
             }
         }
+        if !slot.slates.is_empty() {
+            ev.estimates.extend(slate::estimate(
+                &slot.slates,
+                &slate::SlateEstimator::ALL,
+                args.alpha,
+            ));
+            if (slot.slates.len() as u64) < ev.n {
+                ev.diagnostics.warnings.push(format!(
+                    "{} of {} events are slates: sips, iips and rips are over the slates only",
+                    slot.slates.len(),
+                    ev.n
+                ));
+            }
+        }
         ev.diagnostics
             .warnings
             .splice(0..0, warnings.iter().cloned());
@@ -610,6 +637,82 @@ fn check_distribution(
         );
     }
     Ok(())
+}
+
+/// A slate decision's positions under a candidate whose first-position
+/// distribution is `dist` (both policies drawing positions without
+/// replacement, as Nudge does); `None` for a decision of one action. The
+/// top item's reward is the event's (`reward`); every other item's is its
+/// own summed rewards, or `item_default` when it has none.
+fn slate_of(
+    rec: &LogRecord,
+    reward: f64,
+    item_default: f64,
+    dist: &Pairs,
+    where_: &dyn Fn() -> String,
+) -> anyhow::Result<Option<Vec<slate::SlatePosition>>> {
+    let Some(logged) = rec.slate.as_ref().filter(|s| s.len() > 1) else {
+        return Ok(None);
+    };
+    let index = |id: &str| rec.candidates.iter().position(|c| c.id == id);
+    let b: Vec<f64> = rec.candidates.iter().map(|c| c.probability).collect();
+    let mut e = vec![0.0; b.len()];
+    for (a, p) in dist.iter() {
+        if let Some(i) = index(a) {
+            e[i] = p;
+        }
+    }
+    let items = logged
+        .iter()
+        .map(|s| {
+            index(&s.id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: slate item {:?} of event {:?} is not among its candidates",
+                    where_(),
+                    s.id,
+                    rec.event_id
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<usize>>>()?;
+    // The logged conditionals must be those of a draw without replacement
+    // from the candidates' probabilities, or the marginals would be wrong.
+    for (k, (s, c)) in logged
+        .iter()
+        .zip(slate::conditionals(&b, &items))
+        .enumerate()
+    {
+        if (s.probability - c).abs() > 1e-9 * c.max(1e-12) + 1e-12 {
+            bail!(
+                "{}: slate position {} of event {:?} has probability {} but a draw without \
+                 replacement from the candidates' probabilities gives {c}",
+                where_(),
+                k + 1,
+                rec.event_id,
+                s.probability
+            );
+        }
+    }
+    let rewards: Vec<f64> = logged
+        .iter()
+        .enumerate()
+        .map(|(k, s)| match (k, &rec.item_rewards) {
+            (0, _) => reward,
+            (_, Some(m)) => m.get(&s.id).copied().unwrap_or(item_default),
+            (_, None) => item_default,
+        })
+        .collect();
+    slate::from_draws(&rewards, &items, &b, &e)
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: event {:?} has {} candidates; slate estimators need at most {}",
+                where_(),
+                rec.event_id,
+                b.len(),
+                slate::MAX_MARGINAL_CANDIDATES
+            )
+        })
 }
 
 /// Reduces one event and one candidate's distribution to a [`Round`].

@@ -125,6 +125,12 @@ pub struct LogRecord {
     pub candidates: Vec<CandidateProb>,
     /// Numeric context features (OBD columns), for reward-model fitting.
     pub features: Vec<f64>,
+    /// For a slate: its items top first, each with its probability given
+    /// the items above it (the `slate` column).
+    pub slate: Option<Vec<CandidateProb>>,
+    /// For a slate: the summed rewards of each item that has any, by
+    /// action id (`reward` holds the top item's).
+    pub item_rewards: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 impl LogRecord {
@@ -144,6 +150,8 @@ impl LogRecord {
             actions: ev.actions,
             candidates: ev.candidates,
             features: Vec::new(),
+            slate: ev.slate.and_then(|v| serde_json::from_value(v).ok()),
+            item_rewards: ev.item_rewards,
         }
     }
 }
@@ -679,6 +687,8 @@ impl ObdReader {
             actions: None,
             candidates: Vec::new(),
             features,
+            slate: None,
+            item_rewards: None,
         }))
     }
 }

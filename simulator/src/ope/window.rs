@@ -143,6 +143,12 @@ impl Windows {
     }
 
     /// The rule for an event, if known.
+    /// The reward an event (or a slate item) without one gets once its
+    /// window has closed: its policy's default, else 0.
+    pub fn default_for(&self, rec: &LogRecord) -> f64 {
+        self.rule(rec).map_or(0.0, |r| r.default)
+    }
+
     fn rule(&self, rec: &LogRecord) -> Option<RewardRule> {
         self.fixed.or_else(|| {
             rec.policy
