@@ -142,7 +142,9 @@ pub struct DecisionRow {
     /// (`[{"id", "features"}]`); `None` in disjoint mode.
     pub actions: Option<JsonText>,
     /// Every candidate in request order with its probability of being
-    /// chosen: `[{"id", "probability"}]`; an arm the caller or a guardrail
+    /// chosen: `[{"id", "probability"}]` (for a slate's items, as in the
+    /// answer's `ranking` and in `slate`: at its position given the
+    /// positions above; for the others, first); an arm the caller or a guardrail
     /// excluded has probability 0 and `"excluded_by"` (`excluded`, `cap`,
     /// `gap`, `quiet_hours`, `budget`, `recovery`, `unavailable`), so the
     /// eligible set is the entries without it.

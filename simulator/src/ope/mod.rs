@@ -655,7 +655,7 @@ fn slate_of(
         return Ok(None);
     };
     let index = |id: &str| rec.candidates.iter().position(|c| c.id == id);
-    let b: Vec<f64> = rec.candidates.iter().map(|c| c.probability).collect();
+    let mut b: Vec<f64> = rec.candidates.iter().map(|c| c.probability).collect();
     let mut e = vec![0.0; b.len()];
     for (a, p) in dist.iter() {
         if let Some(i) = index(a) {
@@ -675,23 +675,26 @@ fn slate_of(
             })
         })
         .collect::<anyhow::Result<Vec<usize>>>()?;
-    // The logged conditionals must be those of a draw without replacement
-    // from the candidates' probabilities, or the marginals would be wrong.
-    for (k, (s, c)) in logged
-        .iter()
-        .zip(slate::conditionals(&b, &items))
-        .enumerate()
-    {
-        if (s.probability - c).abs() > 1e-9 * c.max(1e-12) + 1e-12 {
-            bail!(
-                "{}: slate position {} of event {:?} has probability {} but a draw without \
-                 replacement from the candidates' probabilities gives {c}",
-                where_(),
-                k + 1,
-                rec.event_id,
-                s.probability
-            );
-        }
+    // The service logs a slate item's candidate probability as in its
+    // answer's ranking: at its position given the ones above. Its
+    // first-position probability follows from the draw without
+    // replacement: p(a_k) = P(a_k | a_1..a_{k−1}) · (1 − Σ_{j<k} p(a_j)).
+    // Then the first-position distribution must sum to 1, or the log was
+    // not drawn that way and the marginals would be wrong.
+    let mut used = 0.0;
+    for (s, &i) in logged.iter().zip(&items) {
+        b[i] = s.probability * (1.0 - used);
+        used += b[i];
+    }
+    let total: f64 = b.iter().sum();
+    if (total - 1.0).abs() > 1e-6 {
+        bail!(
+            "{}: event {:?}: its slate's probabilities and its other candidates' give a \
+             first-position distribution summing to {total}, not 1: slates must be drawn one \
+             position at a time without replacement",
+            where_(),
+            rec.event_id
+        );
     }
     let rewards: Vec<f64> = logged
         .iter()
