@@ -332,3 +332,37 @@ fn slate_estimators_agree_with_obp() {
             .join(", ")
     );
 }
+
+/// MIPS with the true, stochastic `p(e|a)`: obp's exact marginal weights
+/// (`fixtures/obp/make_embed_fixtures.py`).
+#[test]
+fn mips_with_stochastic_embeddings_agrees_with_obp() {
+    use nudge_sim::ope::embed::marginal_weight;
+    let text = std::fs::read_to_string(fixture("embed.json")).unwrap();
+    let fx: Value = serde_json::from_str(&text).unwrap();
+    let p_e_a: Vec<Vec<Vec<f64>>> = serde_json::from_value(fx["p_e_a"].clone()).unwrap();
+    let events = fx["events"].as_array().unwrap();
+    let mut sum = 0.0;
+    for ev in events {
+        let b: Vec<f64> = serde_json::from_value(ev["b"].clone()).unwrap();
+        let e: Vec<f64> = serde_json::from_value(ev["e"].clone()).unwrap();
+        let embed: Vec<usize> = serde_json::from_value(ev["embed"].clone()).unwrap();
+        // p(e_i | a) = Π_d p(e_{i,d} | a), as obp takes it.
+        let p_e: Vec<f64> = (0..b.len())
+            .map(|a| {
+                embed
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &c)| p_e_a[a][c][d])
+                    .product()
+            })
+            .collect();
+        sum += marginal_weight(&b, &e, &p_e) * ev["reward"].as_f64().unwrap();
+    }
+    let ours = sum / events.len() as f64;
+    let want = fx["expected"]["mipw"].as_f64().unwrap();
+    assert!(
+        (ours - want).abs() <= 1e-9 * want.abs(),
+        "mipw {ours} vs obp {want}"
+    );
+}

@@ -30,6 +30,7 @@
 mod db;
 
 pub mod candidate;
+pub mod embed;
 pub mod estimators;
 pub mod fit;
 pub mod intervals;
@@ -170,6 +171,12 @@ pub struct Args {
     /// "diagnostics": {…}}`.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Action embeddings for MIPS (`mipw`): a CSV `action,<dimension>,…`
+    /// giving each action one category per dimension (an item's category,
+    /// say). The estimate weighs by the two policies' probabilities of the
+    /// logged action's embedding instead of its own.
+    #[arg(long, value_name = "FILE")]
+    pub action_embeddings: Option<PathBuf>,
     /// Write a plot of every candidate's estimates and intervals (.png or .svg).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
@@ -187,6 +194,8 @@ struct Slot {
     kind: Kind,
     /// The positions of every slate decision (for SIPS, IIPS, RIPS).
     slates: Vec<Vec<slate::SlatePosition>>,
+    /// MIPS over `--action-embeddings`.
+    mips: embed::MipsSums,
 }
 
 enum Kind {
@@ -367,6 +376,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             replay: Some(Accumulator::new(opts.clone(), has_model)?),
             kind: Kind::Policy(Box::new(cand)),
             slates: Vec::new(),
+            mips: embed::MipsSums::default(),
         });
         if which.contains(&Estimator::Replay) {
             slots.push(Slot {
@@ -376,6 +386,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 replay: None,
                 kind: Kind::Learning(idx),
                 slates: Vec::new(),
+                mips: embed::MipsSums::default(),
             });
         }
     }
@@ -387,6 +398,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             replay: None,
             kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
             slates: Vec::new(),
+            mips: embed::MipsSums::default(),
         });
     }
 
@@ -416,6 +428,11 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         None => None,
     };
 
+    let embeddings = args
+        .action_embeddings
+        .as_deref()
+        .map(embed::Embeddings::load)
+        .transpose()?;
     let bar = progress(&source, "evaluating");
     let mut windows = windows;
     let mut q_buf = Pairs::default();
@@ -454,6 +471,10 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     if let Some(s) = slate_of(&rec, reward, item_default, dist, &where_)? {
                         slot.slates.push(s);
                     }
+                    if let Some(emb) = &embeddings {
+                        slot.mips
+                            .push(mips_weight(&rec, dist, emb, &where_)?, reward);
+                    }
                     slot.main.push(round);
                     slot.extra.iter_mut().for_each(|x| x.2.push(round));
                 }
@@ -465,6 +486,10 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                         slate_of(&rec, reward, item_default, &step.distribution, &where_)?
                     {
                         slot.slates.push(s);
+                    }
+                    if let Some(emb) = &embeddings {
+                        let w = mips_weight(&rec, &step.distribution, emb, &where_)?;
+                        slot.mips.push(w, reward);
                     }
                     slot.main.push(round);
                     slot.extra.iter_mut().for_each(|x| x.2.push(round));
@@ -553,6 +578,9 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                 est.name = key.clone();
                 ev.estimates.insert(pos + 1 + k, est);
             }
+        }
+        if let Some(m) = slot.mips.estimate(args.alpha) {
+            ev.estimates.push(m);
         }
         if !slot.slates.is_empty() {
             ev.estimates.extend(slate::estimate(
@@ -716,6 +744,44 @@ fn slate_of(
                 slate::MAX_MARGINAL_CANDIDATES
             )
         })
+}
+
+/// The MIPS weight of `rec` under a candidate's distribution `dist`: both
+/// policies' probabilities summed over the candidates that share the
+/// logged action's embedding (see [`embed`]).
+fn mips_weight(
+    rec: &LogRecord,
+    dist: &Pairs,
+    emb: &embed::Embeddings,
+    where_: &dyn Fn() -> String,
+) -> anyhow::Result<f64> {
+    let missing = |a: &str| {
+        anyhow::anyhow!(
+            "{}: action {a:?} has no row in --action-embeddings (its columns: action,{})",
+            where_(),
+            emb.dims.join(",")
+        )
+    };
+    if rec.candidates.is_empty() {
+        bail!(
+            "{}: MIPS needs every candidate's logging probability; this source has only the \
+             logged action's",
+            where_()
+        );
+    }
+    let logged = emb.of(&rec.action).ok_or_else(|| missing(&rec.action))?;
+    let (mut b, mut e, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    for c in &rec.candidates {
+        let of = emb.of(&c.id).ok_or_else(|| missing(&c.id))?;
+        b.push(c.probability);
+        e.push(
+            dist.iter()
+                .find(|(a, _)| *a == c.id)
+                .map_or(0.0, |(_, q)| q),
+        );
+        p.push(if of == logged { 1.0 } else { 0.0 });
+    }
+    Ok(embed::marginal_weight(&b, &e, &p))
 }
 
 /// Reduces one event and one candidate's distribution to a [`Round`].
