@@ -1,43 +1,98 @@
 #!/usr/bin/env bash
 # OPE benchmark: 1 000 000 logged events, 10 actions, IPW + SNIPW + DM + DR
 # with a supplied reward model, end to end from files (an OBD-layout log
-# CSV, a target-probabilities CSV and a reward-model CSV), with the release
-# binary; then the Open Bandit Pipeline reference on the same files, in the
-# same run, when its virtualenv exists.
+# CSV, a target-probabilities CSV and a reward-model CSV), nudge-sim's
+# release binary against the Open Bandit Pipeline on the same files, in the
+# same minute, RUNS times each, interleaved. Prints one side-by-side table:
+# each estimate from both tools, and the times — nudge-sim as a process,
+# OBP as a process (interpreter start and imports included) and inside
+# Python (pandas reading + estimating) — with the ratios of the medians.
 #
 #   simulator/bench/ope.sh            # from the repository root
 #   N=100000 simulator/bench/ope.sh   # smaller
+#   NUDGE_SIM=target/release/nudge-sim simulator/bench/ope.sh   # no build
 #
-# Environment: BENCH_DIR (files, default /tmp/nudge-ope-bench), PYTHON
-# (a Python with numpy + pandas to generate the files, default the obp venv),
-# OBP_VENV (default /work/venv-obp), CARGO_TARGET_DIR.
+# The OBP virtualenv (obp 0.5.7 needs Python 3.10; this machine has it
+# under pyenv):
+#   /root/.pyenv/versions/3.10.13/bin/python -m venv /work/venv-obp
+#   /work/venv-obp/bin/pip install "obp==0.5.7" "matplotlib<3.9"
+#
+# Environment: BENCH_DIR (files, default /tmp/nudge-ope-bench), RUNS
+# (default 3), NUDGE_SIM (a nudge-sim binary: then nothing is built),
+# PYTHON (a Python with numpy + pandas to generate the files, default the
+# obp venv's), OBP_VENV (default /work/venv-obp), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1000000}
 K=${K:-10}
+RUNS=${RUNS:-3}
 DIR=${BENCH_DIR:-/tmp/nudge-ope-bench}/n$N-k$K
 OBP_VENV=${OBP_VENV:-/work/venv-obp}
 PYTHON=${PYTHON:-$OBP_VENV/bin/python}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-cargo build --release -p nudge-sim >&2
+if [ -z "${NUDGE_SIM:-}" ]; then
+  cargo build --release -p nudge-sim >&2
+  NUDGE_SIM=$TARGET/release/nudge-sim
+fi
 if [ ! -f "$DIR/q.csv" ]; then
   "$PYTHON" simulator/bench/gen_ope_bench.py "$DIR" "$N" "$K" >&2
 fi
 ls -la "$DIR" >&2
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
 
-run_ours() {
-  /usr/bin/time -f "nudge-sim: %e s wall, %U s user, %M KB max RSS" \
-    "$TARGET/release/nudge-sim" evaluate \
+# One timed process: its stdout to $OUT/$1.$2.json, its wall seconds to
+# $OUT/$1.$2.wall.
+timed() {
+  local name=$1 i=$2
+  shift 2
+  /usr/bin/time -f "%e" -o "$OUT/$name.$i.wall" "$@" >"$OUT/$name.$i.json"
+}
+# The page cache is warmed by one unrecorded run of each.
+"$NUDGE_SIM" evaluate --log "obd:$DIR/log.csv" --target-probs "$DIR/target.csv" \
+  --reward-model "$DIR/q.csv" --estimators ipw,snipw,dm,dr --bootstrap 0 --format json >/dev/null
+HAVE_OBP=0
+[ -x "$OBP_VENV/bin/python" ] && HAVE_OBP=1
+for ((i = 1; i <= RUNS; i++)); do
+  echo "run $i of $RUNS" >&2
+  timed nudge "$i" "$NUDGE_SIM" evaluate \
     --log "obd:$DIR/log.csv" --target-probs "$DIR/target.csv" --reward-model "$DIR/q.csv" \
     --estimators ipw,snipw,dm,dr --bootstrap 0 --format json
-}
-echo "== nudge-sim evaluate (3 runs; the first warms the page cache)"
-for _ in 1 2 3; do run_ours; done
+  if [ "$HAVE_OBP" = 1 ]; then
+    timed obp "$i" "$OBP_VENV/bin/python" simulator/bench/obp_reference.py "$DIR"
+  fi
+done
+[ "$HAVE_OBP" = 1 ] || echo "$OBP_VENV not found: OBP skipped (see the header for how to make it)" >&2
 
-if [ -x "$OBP_VENV/bin/python" ]; then
-  echo "== Open Bandit Pipeline reference (read with pandas + estimate)"
-  "$OBP_VENV/bin/python" simulator/bench/obp_reference.py "$DIR"
-else
-  echo "== $OBP_VENV not found: OBP reference skipped"
-fi
+python3 - "$OUT" "$RUNS" "$HAVE_OBP" "$N" "$K" <<'PY'
+import json, statistics, sys
+out, runs, have_obp, n, k = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+def load(name, i):
+    with open(f"{out}/{name}.{i}.json") as f:
+        text = f.read().strip().splitlines()[-1]
+    with open(f"{out}/{name}.{i}.wall") as f:
+        wall = float(f.read().strip().splitlines()[-1])
+    return json.loads(text), wall
+ours = [load("nudge", i) for i in range(1, runs + 1)]
+obp = [load("obp", i) for i in range(1, runs + 1)] if have_obp else []
+print(f"OPE benchmark: {n} events, {k} actions, IPW + SNIPW + DM + DR, {runs} interleaved runs each\n")
+print("| estimator | nudge-sim | OBP 0.5.7 | abs. difference |")
+print("| --- | ---: | ---: | ---: |")
+for name in ["ipw", "snipw", "dm", "dr"]:
+    a = ours[0][0]["estimates"][name]["value"]
+    b = obp[0][0]["values"][name] if obp else float("nan")
+    print(f"| {name} | {a:.15f} | {b:.15f} | {abs(a - b):.1e} |")
+med = lambda xs: statistics.median(xs)
+ours_wall = [w for _, w in ours]
+print("\n| time (s): min / median / max | nudge-sim | OBP process | OBP inside Python | ratio of medians (process / inside) |")
+print("| --- | ---: | ---: | ---: | ---: |")
+fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f}"
+if obp:
+    obp_wall = [w for _, w in obp]
+    inside = [j["total_s"] for j, _ in obp]
+    print(f"| end to end | {fmt(ours_wall)} | {fmt(obp_wall)} | {fmt(inside)} | "
+          f"{med(obp_wall) / med(ours_wall):.1f}x / {med(inside) / med(ours_wall):.1f}x |")
+else:
+    print(f"| end to end | {fmt(ours_wall)} | - | - | - |")
+PY
