@@ -113,32 +113,10 @@ impl MipsSums {
     /// The estimate, keyed `mipw` (OBP's name), with its standard error and
     /// normal interval; `None` before any event.
     pub fn estimate(&self, alpha: f64) -> Option<super::Estimate> {
-        use statrs::distribution::{ContinuousCDF, Normal};
         if self.n == 0 {
             return None;
         }
-        let n = self.n as f64;
-        let value = self.sum / n;
-        let var = if self.n > 1 {
-            ((self.sq - n * value * value) / (n - 1.0)).max(0.0)
-        } else {
-            f64::NAN
-        };
-        let stderr = (var / n).sqrt();
-        let z = Normal::new(0.0, 1.0)
-            .expect("the standard normal is valid")
-            .inverse_cdf(1.0 - alpha / 2.0);
-        let normal_ci = (value - z * stderr, value + z * stderr);
-        Some(super::Estimate {
-            name: "mipw".into(),
-            value,
-            stderr,
-            ci_low: normal_ci.0,
-            ci_high: normal_ci.1,
-            normal_ci,
-            bootstrap_ci: None,
-            eb_ci: None,
-            cs: None,
-        })
+        let (value, var) = super::estimators::mean_and_variance(self.n, self.sum, self.sq);
+        Some(super::Estimate::of_mean("mipw", self.n, value, var, alpha))
     }
 }

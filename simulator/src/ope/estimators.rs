@@ -208,6 +208,44 @@ pub struct Estimate {
     pub cs: Option<(f64, f64)>,
 }
 
+impl Estimate {
+    /// An estimate that is the mean `value` of `n` contributions whose
+    /// sample variance is `var` ([`mean_and_variance`]): its standard error
+    /// `√(var / n)` and the normal interval `value ± z_{1−α/2} stderr`, also
+    /// as `ci_low`/`ci_high`; no other interval.
+    pub fn of_mean(name: impl Into<String>, n: u64, value: f64, var: f64, alpha: f64) -> Estimate {
+        let z = Normal::new(0.0, 1.0)
+            .expect("the standard normal is valid")
+            .inverse_cdf(1.0 - alpha / 2.0);
+        let stderr = (var / n as f64).sqrt();
+        let normal_ci = (value - z * stderr, value + z * stderr);
+        Estimate {
+            name: name.into(),
+            value,
+            stderr,
+            ci_low: normal_ci.0,
+            ci_high: normal_ci.1,
+            normal_ci,
+            bootstrap_ci: None,
+            eb_ci: None,
+            cs: None,
+        }
+    }
+}
+
+/// The mean and the sample variance (n − 1 denominator; NaN for n < 2) of
+/// `n` contributions, from their sum and their sum of squares.
+pub fn mean_and_variance(n: u64, sum: f64, sq: f64) -> (f64, f64) {
+    let nf = n as f64;
+    let mean = sum / nf;
+    let var = if n > 1 {
+        ((sq - nf * mean * mean) / (nf - 1.0)).max(0.0)
+    } else {
+        f64::NAN
+    };
+    (mean, var)
+}
+
 /// Diagnostics of one candidate on one log: how much the estimates can be
 /// trusted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -757,10 +795,6 @@ impl Accumulator {
         {
             return Err(OpeError::NoRewardModel(e.name()));
         }
-        let n = self.n as f64;
-        let z = Normal::new(0.0, 1.0)
-            .expect("the standard normal is valid")
-            .inverse_cdf(1.0 - self.opts.alpha / 2.0);
         let boot = if self.opts.bootstrap > 0 {
             Some(self.bootstrap(which))
         } else {
@@ -780,31 +814,24 @@ impl Accumulator {
             let s = self.normaliser(*e);
             let sums = &self.sums[k];
             let total = sums.a + s * sums.b;
-            let value = total / n;
             let sq = sums.aa + 2.0 * s * sums.ab + s * s * sums.bb;
-            let var = if self.n > 1 {
-                ((sq - n * value * value) / (n - 1.0)).max(0.0)
-            } else {
-                f64::NAN
-            };
-            let stderr = (var / n).sqrt();
-            let normal_ci = (value - z * stderr, value + z * stderr);
-            let bootstrap_ci = boot.as_ref().map(|b| b[j]);
-            let (ci_low, ci_high) = bootstrap_ci.unwrap_or(normal_ci);
-            let weighted = matches!(e, Estimator::Ipw | Estimator::Snipw);
-            let eb_ci = weighted
-                .then(|| empirical_bernstein(value, var, self.n, s * ipw_width, self.opts.alpha));
-            estimates.push(Estimate {
-                name: e.name().to_string(),
-                value,
-                stderr,
-                ci_low,
-                ci_high,
-                normal_ci,
-                bootstrap_ci,
-                eb_ci,
-                cs: cs.filter(|_| weighted),
-            });
+            let (value, var) = mean_and_variance(self.n, total, sq);
+            let mut est = Estimate::of_mean(e.name(), self.n, value, var, self.opts.alpha);
+            if let Some(b) = &boot {
+                est.bootstrap_ci = Some(b[j]);
+                (est.ci_low, est.ci_high) = b[j];
+            }
+            if matches!(e, Estimator::Ipw | Estimator::Snipw) {
+                est.eb_ci = Some(empirical_bernstein(
+                    value,
+                    var,
+                    self.n,
+                    s * ipw_width,
+                    self.opts.alpha,
+                ));
+                est.cs = cs;
+            }
+            estimates.push(est);
         }
         Ok(Evaluation {
             n: self.n,

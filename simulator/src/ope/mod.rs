@@ -770,15 +770,16 @@ fn mips_weight(
         );
     }
     let logged = emb.of(&rec.action).ok_or_else(|| missing(&rec.action))?;
+    // One pass over each list: MIPS is for events with many candidates.
+    let mut target = std::collections::HashMap::new();
+    for (a, q) in dist.iter() {
+        target.entry(a).or_insert(q);
+    }
     let (mut b, mut e, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for c in &rec.candidates {
         let of = emb.of(&c.id).ok_or_else(|| missing(&c.id))?;
         b.push(c.probability);
-        e.push(
-            dist.iter()
-                .find(|(a, _)| *a == c.id)
-                .map_or(0.0, |(_, q)| q),
-        );
+        e.push(target.get(c.id.as_str()).copied().unwrap_or(0.0));
         p.push(if of == logged { 1.0 } else { 0.0 });
     }
     Ok(embed::marginal_weight(&b, &e, &p))

@@ -24,7 +24,7 @@
 //! (the unit OBP's slate bootstrap resamples).
 
 use super::Estimate;
-use statrs::distribution::{ContinuousCDF, Normal};
+use super::estimators::mean_and_variance;
 
 /// A slate estimator (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -205,10 +205,6 @@ pub fn estimate(
     which: &[SlateEstimator],
     alpha: f64,
 ) -> Vec<Estimate> {
-    let n = slates.len() as f64;
-    let z = Normal::new(0.0, 1.0)
-        .expect("the standard normal is valid")
-        .inverse_cdf(1.0 - alpha / 2.0);
     which
         .iter()
         .map(|&e| {
@@ -218,25 +214,9 @@ pub fn estimate(
                 sum += c;
                 sq += c * c;
             }
-            let value = sum / n;
-            let var = if n > 1.0 {
-                ((sq - n * value * value) / (n - 1.0)).max(0.0)
-            } else {
-                f64::NAN
-            };
-            let stderr = (var / n).sqrt();
-            let normal_ci = (value - z * stderr, value + z * stderr);
-            Estimate {
-                name: e.name().to_string(),
-                value,
-                stderr,
-                ci_low: normal_ci.0,
-                ci_high: normal_ci.1,
-                normal_ci,
-                bootstrap_ci: None,
-                eb_ci: None,
-                cs: None,
-            }
+            let n = slates.len() as u64;
+            let (value, var) = mean_and_variance(n, sum, sq);
+            Estimate::of_mean(e.name(), n, value, var, alpha)
         })
         .collect()
 }

@@ -147,13 +147,18 @@ pub fn margins(s: &Setting, constraints: &[Constraint]) -> Vec<Margin> {
 /// later objectives in order. `None` without constraints or when no
 /// setting meets them all.
 pub fn apply(t: &mut Tuning) -> Option<Best> {
-    let constraints = t.constraints.clone();
-    let constraints = constraints.as_slice();
+    let Tuning {
+        constraints,
+        settings,
+        objectives,
+        ..
+    } = t;
     if constraints.is_empty() {
         return None;
     }
-    for s in &mut t.settings {
-        s.feasible = Some(margins(s, constraints).iter().all(|m| m.margin >= 0.0));
+    let mut all: Vec<Vec<Margin>> = settings.iter().map(|s| margins(s, constraints)).collect();
+    for (s, m) in settings.iter_mut().zip(&all) {
+        s.feasible = Some(m.iter().all(|m| m.margin >= 0.0));
     }
     let better = |a: &Setting, b: &Setting, o: &Objective| -> std::cmp::Ordering {
         let (x, y) = (a.outcomes[&o.signal], b.outcomes[&o.signal]);
@@ -162,20 +167,19 @@ pub fn apply(t: &mut Tuning) -> Option<Best> {
             Direction::Min => y.total_cmp(&x),
         }
     };
-    let first = t.objectives.first()?.clone();
-    let (index, s) = t
-        .settings
+    let first = objectives.first()?;
+    let (index, s) = settings
         .iter()
         .enumerate()
         .filter(|(_, s)| s.feasible == Some(true))
         .max_by(|(_, a), (_, b)| {
-            t.objectives
+            objectives
                 .iter()
                 .map(|o| better(a, b, o))
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal)
         })?;
-    let m = margins(s, constraints);
+    let m = std::mem::take(&mut all[index]);
     Some(Best {
         index,
         weights: s.weights.clone(),
