@@ -6,6 +6,7 @@
 pub use nudge::policy;
 
 pub mod env;
+pub mod export;
 pub mod logfmt;
 pub mod ope;
 pub mod tune;

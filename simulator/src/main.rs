@@ -19,6 +19,8 @@ enum Command {
     Run(nudge_sim::env::Args),
     /// Compare reward functions on the same scenario or logs.
     Tune(nudge_sim::tune::Args),
+    /// Export the decision log to Parquet, partitioned by policy and day.
+    Export(nudge_sim::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => nudge_sim::ope::main(args),
         Command::Run(args) => nudge_sim::env::main(args),
         Command::Tune(args) => nudge_sim::tune::main(args),
+        Command::Export(args) => nudge_sim::export::main(args),
     };
     match result {
         Ok(code) => code,

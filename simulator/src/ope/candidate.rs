@@ -323,6 +323,52 @@ impl EventCsv {
     }
 }
 
+/// A per-event file (`--target-probs`, `--reward-model`) in CSV or
+/// Parquet ([`super::parquet::EventParquet`]), with the same layouts and
+/// the same merge join with the log.
+pub enum EventFile {
+    /// CSV, decompressed by extension.
+    Csv(Box<EventCsv>),
+    /// Parquet: a `.parquet` file, a directory of them, or `parquet:PATH`.
+    Parquet(Box<super::parquet::EventParquet>),
+}
+
+impl EventFile {
+    /// Opens `arg`: Parquet when [`super::parquet::parquet_path`] says so,
+    /// CSV otherwise.
+    pub fn open(arg: &Path, value_column: &'static str) -> anyhow::Result<EventFile> {
+        let text = arg.to_string_lossy();
+        Ok(match super::parquet::parquet_path(&text) {
+            Some(p) => EventFile::Parquet(Box::new(super::parquet::EventParquet::open(
+                &p,
+                value_column,
+            )?)),
+            None => EventFile::Csv(Box::new(EventCsv::open(arg, value_column)?)),
+        })
+    }
+
+    /// The path given.
+    pub fn path(&self) -> &Path {
+        match self {
+            EventFile::Csv(f) => f.path(),
+            EventFile::Parquet(f) => f.path(),
+        }
+    }
+
+    /// The rows of `event_id` ([`EventCsv::rows_for`]): the line (CSV) or
+    /// row (Parquet) where they start, and the pairs.
+    pub fn rows_for(
+        &mut self,
+        event_id: &str,
+        origin: &dyn std::fmt::Display,
+    ) -> anyhow::Result<(u64, &Pairs)> {
+        match self {
+            EventFile::Csv(f) => f.rows_for(event_id, origin),
+            EventFile::Parquet(f) => f.rows_for(event_id, origin),
+        }
+    }
+}
+
 /// A candidate's distribution on a logged event, restricted to the
 /// logged eligible set: the candidates the logged decision could choose
 /// (listed without `excluded_by`). When the candidate gives probability to

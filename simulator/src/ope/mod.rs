@@ -34,6 +34,7 @@ pub mod embed;
 pub mod estimators;
 pub mod fit;
 pub mod intervals;
+pub mod parquet;
 pub mod report;
 pub mod slate;
 pub mod source;
@@ -46,7 +47,7 @@ pub use estimators::{
 
 use crate::Format;
 use anyhow::{Context, bail};
-use candidate::{EventCsv, Pairs, PolicyCandidate, eligible_distribution};
+use candidate::{EventFile, Pairs, PolicyCandidate, eligible_distribution};
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use source::{Filter, LogRecord, Source};
@@ -199,7 +200,7 @@ struct Slot {
 }
 
 enum Kind {
-    Target(Box<EventCsv>),
+    Target(Box<EventFile>),
     Policy(Box<PolicyCandidate>),
     /// The learning replay of the policy slot at this index.
     Learning(usize),
@@ -396,7 +397,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             main: Accumulator::new(opts.clone(), has_model)?,
             extra: make_extra()?,
             replay: None,
-            kind: Kind::Target(Box::new(EventCsv::open(p, "probability")?)),
+            kind: Kind::Target(Box::new(EventFile::open(p, "probability")?)),
             slates: Vec::new(),
             mips: embed::MipsSums::default(),
         });
@@ -424,7 +425,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         None => None,
     };
     let mut model_file = match &args.reward_model {
-        Some(p) => Some(EventCsv::open(p, "estimate")?),
+        Some(p) => Some(EventFile::open(p, "estimate")?),
         None => None,
     };
 

@@ -82,6 +82,8 @@ pub enum Origin {
     Line(Arc<str>, u64),
     /// A database row.
     Row(String),
+    /// A row of a Parquet file (from 0).
+    Parquet(Arc<str>, u64),
 }
 
 impl fmt::Display for Origin {
@@ -89,6 +91,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Line(file, line) => write!(f, "{file}:{line}"),
             Origin::Row(s) => f.write_str(s),
+            Origin::Parquet(file, row) => write!(f, "{file}: row {row}"),
         }
     }
 }
@@ -171,7 +174,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, policy: Option<&str>, at: Option<DateTime<Utc>>) -> bool {
+    pub(crate) fn keeps(&self, policy: Option<&str>, at: Option<DateTime<Utc>>) -> bool {
         if let (Some(want), Some(have)) = (&self.policy_id, policy)
             && want != have
         {
@@ -196,6 +199,9 @@ pub enum Source {
     /// `obd:PATH`, or a path ending in `.csv` (`.csv.gz`, `.csv.zst`): a
     /// CSV in the Open Bandit Dataset layout.
     Obd(PathBuf, ColumnMap),
+    /// `parquet:PATH`, a path ending in `.parquet`, or a directory: a
+    /// Parquet log ([`super::parquet`]), Nudge's export or a flat table.
+    Parquet(PathBuf, ColumnMap),
     /// Anything else: a JSONL file (compressed by extension).
     Jsonl(PathBuf),
 }
@@ -207,6 +213,8 @@ impl Source {
             Source::Postgres(s.to_string())
         } else if s.starts_with("sqlite:") {
             Source::Sqlite(s.to_string())
+        } else if let Some(p) = super::parquet::parquet_path(s) {
+            Source::Parquet(p, ColumnMap::default())
         } else if let Some(p) = s.strip_prefix("obd:") {
             Source::Obd(PathBuf::from(p), ColumnMap::default())
         } else if is_csv(Path::new(s)) {
@@ -221,9 +229,10 @@ impl Source {
     pub fn with_columns(self, columns: ColumnMap) -> anyhow::Result<Source> {
         match self {
             Source::Obd(p, _) => Ok(Source::Obd(p, columns)),
+            Source::Parquet(p, _) => Ok(Source::Parquet(p, columns)),
             other => bail!(
-                "--columns maps the columns of a CSV log (`.csv`, `.csv.gz`, `.csv.zst` or \
-                 `obd:PATH`); {other:?} is not one"
+                "--columns maps the columns of a CSV or Parquet log (`.csv`, `.csv.gz`, \
+                 `.csv.zst`, `obd:PATH`, `.parquet` or a directory); {other:?} is not one"
             ),
         }
     }
@@ -244,6 +253,12 @@ impl Source {
                 with_features,
                 cols,
             )?),
+            Source::Parquet(p, cols) => Box::new(super::parquet::ParquetLogReader::open(
+                p,
+                filter.clone(),
+                with_features,
+                cols,
+            )?),
             Source::Postgres(url) | Source::Sqlite(url) => {
                 Box::new(super::db::DbReader::open(url, filter.clone())?)
             }
@@ -254,6 +269,12 @@ impl Source {
     pub fn file_len(&self) -> Option<u64> {
         match self {
             Source::Jsonl(p) | Source::Obd(p, _) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Source::Parquet(p, _) => super::parquet::files_of(p).ok().map(|fs| {
+                fs.iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum()
+            }),
             _ => None,
         }
     }
@@ -476,7 +497,13 @@ impl ColumnMap {
         Ok(map)
     }
 
-    fn is_feature(&self, header: &str) -> bool {
+    /// Whether an optional role was named explicitly (its column must then
+    /// exist).
+    pub(crate) fn is_required(&self, role: &str) -> bool {
+        self.required.contains(&role)
+    }
+
+    pub(crate) fn is_feature(&self, header: &str) -> bool {
         self.features.iter().any(|p| match p.split_once('*') {
             None => p == header,
             Some((pre, post)) => {
@@ -694,7 +721,7 @@ impl ObdReader {
 }
 
 /// A one-hot vector of width `k` from a stable hash of `s`.
-fn hashed_one_hot(s: &str, k: usize) -> Vec<f64> {
+pub(crate) fn hashed_one_hot(s: &str, k: usize) -> Vec<f64> {
     let h = fnv1a(s.as_bytes()) as usize % k;
     (0..k).map(|i| if i == h { 1.0 } else { 0.0 }).collect()
 }
@@ -709,7 +736,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn parse_obd_time(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_obd_time(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     DateTime::parse_from_rfc3339(s)
         .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z"))
