@@ -231,8 +231,9 @@ impl Source {
             Source::Obd(p, _) => Ok(Source::Obd(p, columns)),
             Source::Parquet(p, _) => Ok(Source::Parquet(p, columns)),
             other => bail!(
-                "--columns maps the columns of a CSV or Parquet log (`.csv`, `.csv.gz`, \
-                 `.csv.zst`, `obd:PATH`, `.parquet` or a directory); {other:?} is not one"
+                "--columns maps the columns of a CSV log (`.csv`, `.csv.gz`, `.csv.zst` or \
+                 `obd:PATH`) or of a Parquet log (`.parquet`, a directory or `parquet:PATH`); \
+                 {other:?} is not one"
             ),
         }
     }
