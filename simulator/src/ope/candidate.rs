@@ -301,25 +301,31 @@ impl EventCsv {
         }
         Ok(true)
     }
+}
 
-    /// The rows of `event_id`, skipping earlier events the log did not keep.
-    /// Errors if the file ends first (the event is missing, or the file is
-    /// not in the log's order).
-    pub fn rows_for(
-        &mut self,
-        event_id: &str,
-        origin: &dyn std::fmt::Display,
-    ) -> anyhow::Result<(u64, &Pairs)> {
-        while self.group.is_empty() || self.group_id != event_id {
-            if !self.next_group()? {
-                bail!(
-                    "{}: no rows for event {event_id:?} (logged at {origin}); the file must list \
-                     every evaluated event, in the log's order",
-                    self.path.display()
-                );
-            }
-        }
-        Ok((self.group_line, &self.group))
+/// A per-event file read as groups of consecutive rows with one event id;
+/// [`EventFile::rows_for`] merge-joins them with the log.
+pub(crate) trait Groups {
+    /// Reads the next group; `false` at the end of the file.
+    fn next_group(&mut self) -> anyhow::Result<bool>;
+    /// The current group: its event id, where it starts (line or row), and
+    /// its pairs (empty before the first group).
+    fn group(&self) -> (&str, u64, &Pairs);
+    /// The file's path.
+    fn file(&self) -> &Path;
+}
+
+impl Groups for EventCsv {
+    fn next_group(&mut self) -> anyhow::Result<bool> {
+        EventCsv::next_group(self)
+    }
+
+    fn group(&self) -> (&str, u64, &Pairs) {
+        (&self.group_id, self.group_line, &self.group)
+    }
+
+    fn file(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -355,17 +361,34 @@ impl EventFile {
         }
     }
 
-    /// The rows of `event_id` ([`EventCsv::rows_for`]): the line (CSV) or
-    /// row (Parquet) where they start, and the pairs.
+    /// The rows of `event_id`, skipping earlier events the log did not
+    /// keep: the line (CSV) or row (Parquet) where they start, and the
+    /// pairs. Errors if the file ends first (the event is missing, or the
+    /// file is not in the log's order).
     pub fn rows_for(
         &mut self,
         event_id: &str,
         origin: &dyn std::fmt::Display,
     ) -> anyhow::Result<(u64, &Pairs)> {
-        match self {
-            EventFile::Csv(f) => f.rows_for(event_id, origin),
-            EventFile::Parquet(f) => f.rows_for(event_id, origin),
+        let groups: &mut dyn Groups = match self {
+            EventFile::Csv(f) => f.as_mut(),
+            EventFile::Parquet(f) => f.as_mut(),
+        };
+        loop {
+            let (id, _, pairs) = groups.group();
+            if !pairs.is_empty() && id == event_id {
+                break;
+            }
+            if !groups.next_group()? {
+                bail!(
+                    "{}: no rows for event {event_id:?} (logged at {origin}); the file must \
+                     list every evaluated event, in the log's order",
+                    groups.file().display()
+                );
+            }
         }
+        let (_, at, pairs) = groups.group();
+        Ok((at, pairs))
     }
 }
 

@@ -1202,24 +1202,18 @@ impl EventParquet {
         }
         Ok(true)
     }
+}
 
-    /// The rows of `event_id`, skipping earlier events the log did not keep
-    /// (as [`super::candidate::EventCsv::rows_for`]); the number is the
-    /// group's first row in its file.
-    pub fn rows_for(
-        &mut self,
-        event_id: &str,
-        origin: &dyn std::fmt::Display,
-    ) -> anyhow::Result<(u64, &Pairs)> {
-        while self.group.is_empty() || self.group_id != event_id {
-            if !self.next_group()? {
-                bail!(
-                    "{}: no rows for event {event_id:?} (logged at {origin}); the file must list \
-                     every evaluated event, in the log's order",
-                    self.path.display()
-                );
-            }
-        }
-        Ok((self.group_row, &self.group))
+impl super::candidate::Groups for EventParquet {
+    fn next_group(&mut self) -> anyhow::Result<bool> {
+        EventParquet::next_group(self)
+    }
+
+    fn group(&self) -> (&str, u64, &Pairs) {
+        (&self.group_id, self.group_row, &self.group)
+    }
+
+    fn file(&self) -> &Path {
+        &self.path
     }
 }
