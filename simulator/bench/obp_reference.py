@@ -1,8 +1,9 @@
 """The Python reference for the OPE benchmark: Open Bandit Pipeline (obp
 0.5.7) on the files of gen_ope_bench.py, timed in two parts (reading the
-CSVs with pandas; estimating IPW, SNIPW, DM and DR with obp).
+files with pandas, CSV or Parquet through pyarrow; estimating IPW, SNIPW,
+DM and DR with obp).
 
-    /work/venv-obp/bin/python obp_reference.py DIR
+    /work/venv-obp/bin/python obp_reference.py DIR [csv|parquet]
 """
 
 import json
@@ -20,10 +21,12 @@ from obp.ope import (
 )
 
 d = sys.argv[1]
+fmt = sys.argv[2] if len(sys.argv) > 2 else "csv"
+read = pd.read_csv if fmt == "csv" else pd.read_parquet
 t0 = time.perf_counter()
-log = pd.read_csv(f"{d}/log.csv")
-target = pd.read_csv(f"{d}/target.csv")
-q = pd.read_csv(f"{d}/q.csv")
+log = read(f"{d}/log.{fmt}")
+target = read(f"{d}/target.{fmt}")
+q = read(f"{d}/q.{fmt}")
 n = len(log)
 k = len(target) // n
 # Files list every event's actions in order: reshape, checking the layout.

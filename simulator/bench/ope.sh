@@ -38,6 +38,15 @@ fi
 if [ ! -f "$DIR/q.csv" ]; then
   "$PYTHON" simulator/bench/gen_ope_bench.py "$DIR" "$N" "$K" >&2
 fi
+# The same files as Parquet (pyarrow's defaults: Snappy, 1M-row groups).
+if [ ! -f "$DIR/q.parquet" ]; then
+  "$PYTHON" - "$DIR" >&2 <<'PY'
+import sys
+import pandas as pd
+for name in ["log", "target", "q"]:
+    pd.read_csv(f"{sys.argv[1]}/{name}.csv").to_parquet(f"{sys.argv[1]}/{name}.parquet", index=False)
+PY
+fi
 ls -la "$DIR" >&2
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
@@ -50,18 +59,22 @@ timed() {
   /usr/bin/time -f "%e" -o "$OUT/$name.$i.wall" "$@" >"$OUT/$name.$i.json"
 }
 # The page cache is warmed by one unrecorded run of each.
-"$NUDGE_SIM" evaluate --log "obd:$DIR/log.csv" --target-probs "$DIR/target.csv" \
-  --reward-model "$DIR/q.csv" --estimators ipw,snipw,dm,dr --bootstrap 0 --format json >/dev/null
+for fmt in csv parquet; do
+  "$NUDGE_SIM" evaluate --log "$DIR/log.$fmt" --target-probs "$DIR/target.$fmt" \
+    --reward-model "$DIR/q.$fmt" --estimators ipw,snipw,dm,dr --bootstrap 0 --format json >/dev/null
+done
 HAVE_OBP=0
 [ -x "$OBP_VENV/bin/python" ] && HAVE_OBP=1
 for ((i = 1; i <= RUNS; i++)); do
   echo "run $i of $RUNS" >&2
-  timed nudge "$i" "$NUDGE_SIM" evaluate \
-    --log "obd:$DIR/log.csv" --target-probs "$DIR/target.csv" --reward-model "$DIR/q.csv" \
-    --estimators ipw,snipw,dm,dr --bootstrap 0 --format json
-  if [ "$HAVE_OBP" = 1 ]; then
-    timed obp "$i" "$OBP_VENV/bin/python" simulator/bench/obp_reference.py "$DIR"
-  fi
+  for fmt in csv parquet; do
+    timed "nudge-$fmt" "$i" "$NUDGE_SIM" evaluate \
+      --log "$DIR/log.$fmt" --target-probs "$DIR/target.$fmt" --reward-model "$DIR/q.$fmt" \
+      --estimators ipw,snipw,dm,dr --bootstrap 0 --format json
+    if [ "$HAVE_OBP" = 1 ]; then
+      timed "obp-$fmt" "$i" "$OBP_VENV/bin/python" simulator/bench/obp_reference.py "$DIR" "$fmt"
+    fi
+  done
 done
 [ "$HAVE_OBP" = 1 ] || echo "$OBP_VENV not found: OBP skipped (see the header for how to make it)" >&2
 
@@ -74,25 +87,30 @@ def load(name, i):
     with open(f"{out}/{name}.{i}.wall") as f:
         wall = float(f.read().strip().splitlines()[-1])
     return json.loads(text), wall
-ours = [load("nudge", i) for i in range(1, runs + 1)]
-obp = [load("obp", i) for i in range(1, runs + 1)] if have_obp else []
+runs_of = lambda name: [load(name, i) for i in range(1, runs + 1)]
+ours = runs_of("nudge-csv")
+ours_pq = runs_of("nudge-parquet")
+obp = runs_of("obp-csv") if have_obp else []
+obp_pq = runs_of("obp-parquet") if have_obp else []
 print(f"OPE benchmark: {n} events, {k} actions, IPW + SNIPW + DM + DR, {runs} interleaved runs each\n")
-print("| estimator | nudge-sim | OBP 0.5.7 | abs. difference |")
-print("| --- | ---: | ---: | ---: |")
+print("| estimator | nudge-sim | OBP 0.5.7 | abs. difference | nudge-sim from Parquet - from CSV |")
+print("| --- | ---: | ---: | ---: | ---: |")
 for name in ["ipw", "snipw", "dm", "dr"]:
     a = ours[0][0]["estimates"][name]["value"]
+    a_pq = ours_pq[0][0]["estimates"][name]["value"]
     b = obp[0][0]["values"][name] if obp else float("nan")
-    print(f"| {name} | {a:.15f} | {b:.15f} | {abs(a - b):.1e} |")
+    print(f"| {name} | {a:.15f} | {b:.15f} | {abs(a - b):.1e} | {abs(a - a_pq):.1e} |")
 med = lambda xs: statistics.median(xs)
-ours_wall = [w for _, w in ours]
 print("\n| time (s): min / median / max | nudge-sim | OBP process | OBP inside Python | ratio of medians (process / inside) |")
 print("| --- | ---: | ---: | ---: | ---: |")
 fmt = lambda xs: f"{min(xs):.2f} / {med(xs):.2f} / {max(xs):.2f}"
-if obp:
-    obp_wall = [w for _, w in obp]
-    inside = [j["total_s"] for j, _ in obp]
-    print(f"| end to end | {fmt(ours_wall)} | {fmt(obp_wall)} | {fmt(inside)} | "
-          f"{med(obp_wall) / med(ours_wall):.1f}x / {med(inside) / med(ours_wall):.1f}x |")
-else:
-    print(f"| end to end | {fmt(ours_wall)} | - | - | - |")
+for label, mine, theirs in [("from CSV", ours, obp), ("from Parquet", ours_pq, obp_pq)]:
+    mine_wall = [w for _, w in mine]
+    if theirs:
+        wall = [w for _, w in theirs]
+        inside = [j["total_s"] for j, _ in theirs]
+        print(f"| {label} | {fmt(mine_wall)} | {fmt(wall)} | {fmt(inside)} | "
+              f"{med(wall) / med(mine_wall):.1f}x / {med(inside) / med(mine_wall):.1f}x |")
+    else:
+        print(f"| {label} | {fmt(mine_wall)} | - | - | - |")
 PY

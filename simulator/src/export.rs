@@ -69,6 +69,10 @@ pub struct Args {
     /// `24h`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub reward_window: Option<std::time::Duration>,
+    /// With `--reward-window`: the reward of an event that got none in its
+    /// window (default: the policy file's, else 0).
+    #[arg(long, requires = "reward_window")]
+    pub default_reward: Option<f64>,
     /// Extra wait after a window closes before its day is final (the log
     /// writer's batching, a spool replayed after an outage).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
@@ -206,7 +210,27 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         .reward_window
         .map(|w| chrono::Duration::from_std(w).context("--reward-window out of range"))
         .transpose()?;
+    if args.default_reward.is_some_and(|d| !d.is_finite()) {
+        bail!("--default-reward must be a finite number");
+    }
     let rules = policy_rules(&args.policies)?;
+    // The rule each row states (`window_closes_at`, `default_reward`):
+    // `--reward-window`, else the policy file's, else what the source
+    // says (an export read again).
+    let rule_of = |rec: &crate::ope::source::LogRecord, policy: &str| -> Option<RewardRule> {
+        let file = rules.get(policy).copied();
+        match fixed {
+            Some(window) => Some(RewardRule {
+                window,
+                default: args
+                    .default_reward
+                    .or(file.map(|r| r.default))
+                    .unwrap_or(0.0),
+                aggregation: None,
+            }),
+            None => file.or(rec.rule),
+        }
+    };
     std::fs::create_dir_all(&args.to)
         .with_context(|| format!("cannot create {}", args.to.display()))?;
     let manifest_path = args.to.join(MANIFEST);
@@ -219,7 +243,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     if manifest.schema != 0 && manifest.schema != SCHEMA_VERSION {
         bail!(
             "{}: schema {} but this nudge-sim writes schema {SCHEMA_VERSION}; export to a new \
-             directory",
+             directory (its files would mix two schemas)",
             manifest_path.display(),
             manifest.schema
         );
@@ -266,7 +290,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             continue;
         }
         if !open.contains_key(&key) {
-            let window = fixed.or_else(|| rules.get(&key.0).map(|r| r.window));
+            let window = rule_of(&rec, &key.0).map(|r| r.window);
             let day_end = (date + chrono::Duration::days(1))
                 .and_hms_opt(0, 0, 0)
                 .expect("midnight")
@@ -308,7 +332,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             );
         }
         let part = open.get_mut(&key).expect("opened above");
-        part.batch.push(&rec)?;
+        part.batch.push(&rec, rule_of(&rec, &key.0))?;
         part.rows += 1;
         part.rewarded += u64::from(rec.reward.is_some());
         if part.batch.len() >= crate::ope::parquet::BATCH {

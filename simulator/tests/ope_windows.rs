@@ -40,6 +40,20 @@ fn value(out: &Outcome, estimator: &str) -> (f64, f64) {
     (e.value, e.stderr)
 }
 
+#[derive(Parser)]
+struct ExportCli {
+    #[command(flatten)]
+    args: nudge_sim::export::Args,
+}
+
+/// The repository's policy directory (push_send's reward rule).
+fn ps_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies")
+        .display()
+        .to_string()
+}
+
 fn push_send() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../policies/push_send.toml")
@@ -369,8 +383,8 @@ fn events_inside_their_window_are_left_out_as_a_whole_and_counted() {
     let target = write_target(dir.path(), &evs, [0.6, 0.3, 0.1]);
     let jsonl = write_jsonl(dir.path(), &evs);
     let sqlite = sqlite_log(dir.path(), &evs);
+    let ps = push_send();
     for log in [&jsonl, &sqlite] {
-        let ps = push_send();
         for window in [
             ["--logging-policy", ps.as_str()],
             ["--reward-window", "24h"],
@@ -408,6 +422,46 @@ fn events_inside_their_window_are_left_out_as_a_whole_and_counted() {
             );
         }
     }
+    // A Parquet export states each row's window end and default, so it
+    // evaluates by the same rule with no policy file at all.
+    let export = dir.path().join("export");
+    let args = [
+        "export",
+        "--to",
+        export.to_str().unwrap(),
+        "--database",
+        &sqlite,
+        "--policies",
+        &ps_dir(),
+        "--as-of",
+        "2026-12-01T12:00:00Z",
+    ];
+    nudge_sim::export::run(&ExportCli::try_parse_from(args).unwrap().args).unwrap();
+    let with_policy = [
+        "--log",
+        &sqlite,
+        "--target-probs",
+        &target,
+        "--logging-policy",
+        &ps,
+        "--as-of",
+        "2026-12-01T12:00:00Z",
+        "--estimators",
+        "ipw,snipw",
+        "--bootstrap",
+        "0",
+    ];
+    let from_log = evaluate(&with_policy);
+    let mut from_export = with_policy.to_vec();
+    from_export.splice(0..2, ["--log", export.to_str().unwrap()]);
+    from_export.drain(4..6);
+    let from_export = evaluate(&from_export);
+    assert_eq!(from_export.candidates[0].1.n, closed);
+    assert_eq!(from_export.windows, from_log.windows);
+    for e in ["ipw", "snipw"] {
+        assert_eq!(value(&from_export, e), value(&from_log, e), "{e}");
+    }
+
     // Without any window the rewarded events are used as they are, and
     // the warning says the unrewarded ones were dropped for lack of one.
     let out = evaluate(&[

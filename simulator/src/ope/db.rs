@@ -175,6 +175,7 @@ fn record(
         features: Vec::new(),
         slate,
         item_rewards,
+        rule: None,
     })
 }
 

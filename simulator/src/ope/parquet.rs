@@ -24,6 +24,7 @@
 
 use super::candidate::Pairs;
 use super::source::{ColumnMap, Filter, LogRecord, Origin};
+use super::window::RewardRule;
 use crate::logfmt::CandidateProb;
 use anyhow::{Context, bail};
 use arrow_array::builder::{
@@ -45,12 +46,12 @@ pub const BATCH: usize = 8192;
 
 /// The export's schema version, written to the file metadata
 /// (`nudge.export.schema`) and the manifest.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The export's columns, in order, with their meaning. The policy id and
 /// the UTC day are the Hive partition directories (`policy=ID/date=DAY`),
 /// not columns, as Spark, DuckDB and Polars expect of a partitioned dataset.
-pub const EXPORT_FIELDS: [(&str, &str); 11] = [
+pub const EXPORT_FIELDS: [(&str, &str); 13] = [
     (
         "event_id",
         "string: the decision's event id, unique per policy",
@@ -70,6 +71,17 @@ pub const EXPORT_FIELDS: [(&str, &str); 11] = [
         "reward_final",
         "boolean: the log says the outcome is final (the default reward row was written); \
          false does not mean open: the window rule of the policy decides",
+    ),
+    (
+        "window_closes_at",
+        "timestamp (µs, UTC), null when the policy's window was unknown to the export: when \
+         the reward window closes; from then on a null reward is `default_reward`, before then \
+         the outcome is open and the event must be left out, rewarded or not",
+    ),
+    (
+        "default_reward",
+        "double, null when the policy was unknown to the export: the reward of an event that \
+         got none in its window",
     ),
     (
         "candidates",
@@ -106,6 +118,12 @@ pub fn export_schema() -> SchemaRef {
         field("probability", DataType::Float64, false),
         field("reward", DataType::Float64, true),
         field("reward_final", DataType::Boolean, false),
+        field(
+            "window_closes_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        field("default_reward", DataType::Float64, true),
         field("candidates", DataType::Utf8, false),
         field("context", DataType::Utf8, false),
         field("actions", DataType::Utf8, true),
@@ -122,6 +140,8 @@ pub struct ExportBatch {
     probability: Float64Builder,
     reward: Float64Builder,
     reward_final: BooleanBuilder,
+    window_closes_at: TimestampMicrosecondBuilder,
+    default_reward: Float64Builder,
     candidates: StringBuilder,
     context: StringBuilder,
     actions: StringBuilder,
@@ -139,6 +159,8 @@ impl Default for ExportBatch {
             probability: Float64Builder::new(),
             reward: Float64Builder::new(),
             reward_final: BooleanBuilder::new(),
+            window_closes_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            default_reward: Float64Builder::new(),
             candidates: StringBuilder::new(),
             context: StringBuilder::new(),
             actions: StringBuilder::new(),
@@ -150,8 +172,9 @@ impl Default for ExportBatch {
 }
 
 impl ExportBatch {
-    /// Adds one record (it must have a decision time).
-    pub fn push(&mut self, rec: &LogRecord) -> anyhow::Result<()> {
+    /// Adds one record (it must have a decision time), with its policy's
+    /// reward rule when known (`window_closes_at`, `default_reward`).
+    pub fn push(&mut self, rec: &LogRecord, rule: Option<RewardRule>) -> anyhow::Result<()> {
         let at = rec
             .decided_at
             .with_context(|| format!("{}: no decision time to export", rec.origin))?;
@@ -162,6 +185,9 @@ impl ExportBatch {
         self.probability.append_value(rec.pscore);
         self.reward.append_option(rec.reward);
         self.reward_final.append_value(rec.reward_final);
+        self.window_closes_at
+            .append_option(rule.map(|r| (at + r.window).timestamp_micros()));
+        self.default_reward.append_option(rule.map(|r| r.default));
         self.candidates
             .append_value(serde_json::to_string(&rec.candidates)?);
         self.context
@@ -200,6 +226,8 @@ impl ExportBatch {
             Arc::new(self.probability.finish()),
             Arc::new(self.reward.finish()),
             Arc::new(self.reward_final.finish()),
+            Arc::new(self.window_closes_at.finish()),
+            Arc::new(self.default_reward.finish()),
             Arc::new(self.candidates.finish()),
             Arc::new(self.context.finish()),
             Arc::new(self.actions.finish()),
@@ -528,8 +556,13 @@ fn need(schema: &Schema, name: &str, why: &str) -> anyhow::Result<usize> {
 
 /// The layout of one file of a Parquet log.
 enum Layout {
-    /// Nudge's export.
-    Export,
+    /// Nudge's export: the 11 columns every schema has, by position in
+    /// `Roles::cols`, then the optional ones where present.
+    Export {
+        policy: Option<usize>,
+        closes: Option<usize>,
+        default: Option<usize>,
+    },
     /// A flat table: the role of each projected column (by position in
     /// `Roles::cols`): action, reward, propensity, then optional
     /// position, timestamp, event id, then features.
@@ -643,10 +676,22 @@ impl ParquetLogReader {
                     ] {
                         wanted.push((need(schema, name, why)?, pick(name, how)));
                     }
-                    if let Some(i) = index_of(schema, "policy") {
-                        wanted.push((i, pick("policy", As::Str)));
-                    }
-                    layout = Some(Layout::Export);
+                    // Schema 1 has no window columns; a `policy` column is
+                    // there when a tool flattened the Hive directories.
+                    let mut optional = |name: &str, how: As| {
+                        index_of(schema, name).map(|i| {
+                            wanted.push((i, pick(name, how)));
+                            wanted.len() - 1
+                        })
+                    };
+                    let policy = optional("policy", As::Str);
+                    let closes = optional("window_closes_at", As::Time);
+                    let default = optional("default_reward", As::F64);
+                    layout = Some(Layout::Export {
+                        policy,
+                        closes,
+                        default,
+                    });
                 } else {
                     let why = |role: &str| {
                         if map == ColumnMap::default() {
@@ -812,13 +857,33 @@ impl ParquetLogReader {
                 .transpose()
         };
         match c.layout {
-            Layout::Export => {
+            Layout::Export {
+                policy,
+                closes,
+                default,
+            } => {
                 // Roles in the order pushed above.
-                let policy = match c.roles.cols.get(11) {
-                    Some(_) => string(11)?.map(str::to_string),
+                let policy = match policy {
+                    Some(k) => string(k)?.map(str::to_string),
                     None => c.policy.clone(),
                 };
                 let at = time(1)?.ok_or_else(|| err(name(1), "null".into()))?;
+                let closes = closes.map(time).transpose()?.flatten();
+                let default = default.map(|k| number(k, true)).transpose()?.flatten();
+                let rule = match (closes, default) {
+                    (Some(closes), Some(default)) if closes >= at => Some(RewardRule {
+                        window: closes - at,
+                        default,
+                        aggregation: None,
+                    }),
+                    (Some(closes), Some(_)) => {
+                        return Err(err(
+                            "window_closes_at",
+                            format!("{closes} is before the decision time {at}"),
+                        ));
+                    }
+                    _ => None,
+                };
                 if !filter.keeps(policy.as_deref(), Some(at)) {
                     return Ok(None);
                 }
@@ -854,6 +919,7 @@ impl ParquetLogReader {
                     features: Vec::new(),
                     slate,
                     item_rewards,
+                    rule,
                 }))
             }
             Layout::Flat {
@@ -924,6 +990,7 @@ impl ParquetLogReader {
                     features: feats,
                     slate: None,
                     item_rewards: None,
+                    rule: None,
                 }))
             }
         }
@@ -969,8 +1036,8 @@ pub struct EventParquet {
     table: Option<Table>,
     /// Wide: the action of each value column (projected columns 1..).
     wide: Option<Vec<String>>,
-    ids: Option<arrow_array::StringArray>,
-    actions: Option<arrow_array::StringArray>,
+    ids: Option<Ids>,
+    actions: Option<Ids>,
     values: Vec<arrow_array::Float64Array>,
     /// Whether the current row is read but not yet consumed.
     pending: bool,
@@ -1101,20 +1168,12 @@ impl EventParquet {
                     let name = b.schema().field(i).name().clone();
                     cols.push((i, name));
                 }
-                self.ids = Some(
-                    t.column(0, &cols[0].1, &DataType::Utf8)?
-                        .as_string()
-                        .clone(),
-                );
+                self.ids = Some(Ids::of(t, 0, &cols[0].1)?);
                 let first_value = if self.wide.is_some() {
                     self.actions = None;
                     1
                 } else {
-                    self.actions = Some(
-                        t.column(1, &cols[1].1, &DataType::Utf8)?
-                            .as_string()
-                            .clone(),
-                    );
+                    self.actions = Some(Ids::of(t, 1, &cols[1].1)?);
                     2
                 };
                 self.values = cols[first_value..]
@@ -1134,13 +1193,14 @@ impl EventParquet {
         }
     }
 
-    fn id(&self) -> anyhow::Result<&str> {
+    /// Whether the current row's event id is `id`.
+    fn id_is(&self, id: &str) -> anyhow::Result<bool> {
         let t = self.table.as_ref().expect("a table");
-        let ids = self.ids.as_ref().expect("cast");
-        if ids.is_null(t.at) {
-            bail!("{}: the event id is null", self.where_());
+        match self.ids.as_ref().expect("cast").get(t.at) {
+            Some(IdRef::Str(s)) => Ok(s == id),
+            Some(IdRef::Int(i)) => Ok(itoa::Buffer::new().format(i) == id),
+            None => bail!("{}: the event id is null", self.where_()),
         }
-        Ok(ids.value(t.at))
     }
 
     fn value(&self, j: usize) -> anyhow::Result<Option<f64>> {
@@ -1165,8 +1225,14 @@ impl EventParquet {
         if !self.read_row()? {
             return Ok(false);
         }
-        let id = self.id()?.to_string();
-        self.group_id = id;
+        let t = self.table.as_ref().expect("a table");
+        match self.ids.as_ref().expect("cast").get(t.at) {
+            Some(id) => {
+                self.group_id.clear();
+                id.write_to(&mut self.group_id);
+            }
+            None => bail!("{}: the event id is null", self.where_()),
+        }
         self.group_row = self.table.as_ref().map_or(0, Table::row);
         if let Some(actions) = self.wide.take() {
             let mut out = Ok(());
@@ -1185,22 +1251,73 @@ impl EventParquet {
             return out.map(|()| true);
         }
         while self.read_row()? {
-            if self.id()? != self.group_id {
+            if !self.id_is(&self.group_id)? {
                 break;
             }
-            let t = self.table.as_ref().expect("a table");
-            let actions = self.actions.as_ref().expect("long layout");
-            if actions.is_null(t.at) {
-                bail!("{}: column `action`: null", self.where_());
-            }
-            let action = actions.value(t.at).to_string();
             let v = self.value(0)?.ok_or_else(|| {
                 anyhow::anyhow!("{}: column `{}`: null", self.where_(), self.value_column)
             })?;
-            self.group.push(&action, v);
+            let t = self.table.as_ref().expect("a table");
+            match self.actions.as_ref().expect("long layout").get(t.at) {
+                Some(IdRef::Str(a)) => self.group.push(a, v),
+                Some(IdRef::Int(a)) => self.group.push(itoa::Buffer::new().format(a), v),
+                None => bail!("{}: column `action`: null", self.where_()),
+            }
             self.pending = false;
         }
         Ok(true)
+    }
+}
+
+/// An id column (event ids, actions): integers are kept as integers and
+/// written as text only where needed, instead of casting every cell to a
+/// string.
+enum Ids {
+    Str(arrow_array::StringArray),
+    Int(arrow_array::Int64Array),
+}
+
+/// One cell of an [`Ids`] column.
+enum IdRef<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+impl Ids {
+    fn of(t: &Table, i: usize, name: &str) -> anyhow::Result<Ids> {
+        let integer = t.batch.as_ref().is_some_and(|b| {
+            matches!(
+                b.column(i).data_type(),
+                DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::UInt8
+                    | DataType::UInt16
+                    | DataType::UInt32
+            )
+        });
+        Ok(if integer {
+            Ids::Int(t.column(i, name, &DataType::Int64)?.as_primitive().clone())
+        } else {
+            Ids::Str(t.column(i, name, &DataType::Utf8)?.as_string().clone())
+        })
+    }
+
+    fn get(&self, row: usize) -> Option<IdRef<'_>> {
+        match self {
+            Ids::Str(a) => (!a.is_null(row)).then(|| IdRef::Str(a.value(row))),
+            Ids::Int(a) => (!a.is_null(row)).then(|| IdRef::Int(a.value(row))),
+        }
+    }
+}
+
+impl IdRef<'_> {
+    fn write_to(&self, out: &mut String) {
+        match self {
+            IdRef::Str(s) => out.push_str(s),
+            IdRef::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+        }
     }
 }
 

@@ -134,6 +134,10 @@ pub struct LogRecord {
     /// For a slate: the summed rewards of each item that has any, by
     /// action id (`reward` holds the top item's).
     pub item_rewards: Option<std::collections::BTreeMap<String, f64>>,
+    /// The reward rule the log itself states for this event (a Nudge
+    /// export's `window_closes_at` and `default_reward` columns); used when
+    /// neither `--reward-window` nor a policy file gives one.
+    pub rule: Option<super::window::RewardRule>,
 }
 
 impl LogRecord {
@@ -155,6 +159,7 @@ impl LogRecord {
             features: Vec::new(),
             slate: ev.slate.and_then(|v| serde_json::from_value(v).ok()),
             item_rewards: ev.item_rewards,
+            rule: None,
         }
     }
 }
@@ -376,8 +381,8 @@ impl Iterator for JsonlReader {
 pub struct ObdReader {
     path: PathBuf,
     name: Arc<str>,
-    reader: csv::Reader<Input>,
-    record: csv::ByteRecord,
+    reader: simd_csv::Reader<Input>,
+    record: simd_csv::ByteRecord,
     row: u64,
     cols: ObdColumns,
     filter: Filter,
@@ -535,13 +540,8 @@ impl ObdReader {
                 path.display()
             );
         }
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_reader(open_input(path)?);
-        let headers = reader
-            .headers()
-            .with_context(|| format!("{}:1: cannot read the header", path.display()))?
-            .clone();
+        let mut reader = csv_reader(open_input(path)?);
+        let headers = csv_headers(&mut reader, path)?;
         let find = |name: &str| {
             headers
                 .iter()
@@ -551,7 +551,7 @@ impl ObdReader {
         let default = *map == ColumnMap::default();
         let need = |role: &str, name: &str| {
             find(name).ok_or_else(|| {
-                let found = headers.iter().collect::<Vec<_>>().join(",");
+                let found = headers.join(",");
                 if default {
                     anyhow::anyhow!(
                         "{}:1: missing column `{name}` (an Open Bandit Dataset CSV has timestamp, \
@@ -597,7 +597,7 @@ impl ObdReader {
             name: path.display().to_string().into(),
             path: path.to_path_buf(),
             reader,
-            record: csv::ByteRecord::new(),
+            record: simd_csv::ByteRecord::new(),
             row: 0,
             cols,
             needs_time: filter.since.is_some() || filter.until.is_some() || filter.with_time,
@@ -624,8 +624,11 @@ impl ObdReader {
     }
 
     fn number(&self, col: usize, name: &str) -> anyhow::Result<f64> {
+        if let Some(v) = self.record.get(col).and_then(parse_number) {
+            return Ok(v);
+        }
         let s = self.field(col, name)?;
-        s.trim().parse::<f64>().map_err(|_| {
+        parse_number(s.as_bytes()).ok_or_else(|| {
             anyhow::anyhow!(
                 "{}:{}: field `{name}`: {s:?} is not a number",
                 self.path.display(),
@@ -693,11 +696,11 @@ impl ObdReader {
         if self.with_features {
             for (c, name) in &self.cols.features {
                 let s = self.field(*c, name)?;
-                match s.trim().parse::<f64>() {
-                    Ok(v) => features.push(v),
+                match parse_number(s.as_bytes()) {
+                    Some(v) => features.push(v),
                     // Categorical (hashed) user features: one-hot by hashing
                     // into a few buckets so every row has the same width.
-                    Err(_) => features.extend(hashed_one_hot(s, 8)),
+                    None => features.extend(hashed_one_hot(s, 8)),
                 }
             }
         }
@@ -717,8 +720,49 @@ impl ObdReader {
             features,
             slate: None,
             item_rewards: None,
+            rule: None,
         }))
     }
+}
+
+/// A CSV reader for the log and per-event files (`simd-csv`): a header
+/// row, `"` quoting, rows of any length (the callers check each row's
+/// fields and name what is missing).
+pub(crate) fn csv_reader(input: Input) -> simd_csv::Reader<Input> {
+    simd_csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(input)
+}
+
+/// The header row of `reader` as strings (trimmed of a UTF-8 BOM).
+pub(crate) fn csv_headers(
+    reader: &mut simd_csv::Reader<Input>,
+    path: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let headers = reader
+        .byte_headers()
+        .map_err(|e| anyhow::anyhow!("{}:1: cannot read the header: {e}", path.display()))?;
+    headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(h)
+            } else {
+                h
+            };
+            String::from_utf8(h.to_vec())
+                .map_err(|_| anyhow::anyhow!("{}:1: column {}: not UTF-8", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// A number cell: a decimal float, surrounding ASCII whitespace allowed
+/// (`fast-float2`: correctly rounded, the same value `str::parse` gives).
+pub(crate) fn parse_number(raw: &[u8]) -> Option<f64> {
+    fast_float2::parse(raw.trim_ascii()).ok()
 }
 
 /// A one-hot vector of width `k` from a stable hash of `s`.

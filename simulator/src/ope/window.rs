@@ -22,9 +22,11 @@
 //!
 //! The window, default and aggregation of an event come from, in this
 //! order: `--reward-window` (with `--default-reward`, for every event), the
-//! `--logging-policy` file whose id is the event's policy, or a `--policy`
-//! file with that id. Without any, an event with a reward is used as is
-//! and one without is left out, with a warning that says so.
+//! `--logging-policy` file whose id is the event's policy, a `--policy`
+//! file with that id, or the log itself (a Nudge Parquet export states
+//! each event's window end and default). Without any, an event with a
+//! reward is used as is and one without is left out, with a warning that
+//! says so.
 
 use super::source::LogRecord;
 use anyhow::{Context, bail};
@@ -150,11 +152,13 @@ impl Windows {
     }
 
     fn rule(&self, rec: &LogRecord) -> Option<RewardRule> {
-        self.fixed.or_else(|| {
-            rec.policy
-                .as_deref()
-                .and_then(|p| self.by_policy.get(p).copied())
-        })
+        self.fixed
+            .or_else(|| {
+                rec.policy
+                    .as_deref()
+                    .and_then(|p| self.by_policy.get(p).copied())
+            })
+            .or(rec.rule)
     }
 
     /// The reward to evaluate `rec` with, or `None` to leave it out.
