@@ -13,6 +13,8 @@
 //! - [`source`]: `--log SOURCE` readers (JSONL, Open Bandit Dataset CSV,
 //!   and, in `db`, PostgreSQL / SQLite), streaming [`source::LogRecord`]s,
 //!   gzip / zstd by extension.
+//! - [`dsjson`]: Vowpal Wabbit DSJSON, read as a `--log` source and
+//!   written by `nudge-sim export --as dsjson`.
 //! - [`window`]: which events have a final outcome (reward windows).
 //! - [`candidate`]: target-probability and reward-model files joined to the
 //!   log, and policy files run offline (fixed state and learning replay).
@@ -30,6 +32,7 @@
 mod db;
 
 pub mod candidate;
+pub mod dsjson;
 pub mod embed;
 pub mod estimators;
 pub mod fit;
@@ -59,8 +62,10 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The log: `postgres://…`, `sqlite://…`, `obd:PATH` or a `.csv` file
-    /// (Open Bandit Dataset layout, or see `--columns`), or a JSONL file;
-    /// files ending in `.gz` or `.zst` are decompressed.
+    /// (Open Bandit Dataset layout, or see `--columns`), `parquet:PATH`, a
+    /// `.parquet` file or a directory, `dsjson:PATH` or a `.dsjson` file
+    /// (Vowpal Wabbit), or a JSONL file; files ending in `.gz` or `.zst`
+    /// are decompressed.
     #[arg(long, value_name = "SOURCE")]
     pub log: String,
     /// Only decisions of this logging policy.
@@ -213,6 +218,9 @@ pub struct Outcome {
     pub candidates: Vec<(String, Evaluation)>,
     /// Events left out because they had no reward and no known window.
     pub skipped_no_reward: u64,
+    /// DSJSON lines skipped because they say `"_skipLearn": true` (VW
+    /// skips them too); 0 for other sources.
+    pub skipped_skip_learn: u64,
     /// What the reward-window rule did (see [`window`]).
     pub windows: window::WindowStats,
     /// Warnings about the log as a whole (also in every candidate's
@@ -439,7 +447,8 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     let mut q_buf = Pairs::default();
     let mut elig_buf = Pairs::default();
     let mut index = 0usize;
-    for rec in source.open(&filter, fitted.is_some())? {
+    let skips = std::sync::Arc::new(source::Skips::default());
+    for rec in source.open_counting(&filter, fitted.is_some(), skips.clone())? {
         let rec = rec?;
         bar.inc(1);
         let Some(reward) = windows.judge(&rec) else {
@@ -523,7 +532,14 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     }
     bar.finish_and_clear();
 
-    let warnings = windows.warnings();
+    let mut warnings = windows.warnings();
+    let skipped_skip_learn = skips.skip_learn.load(std::sync::atomic::Ordering::Relaxed);
+    if skipped_skip_learn > 0 {
+        warnings.push(format!(
+            "{skipped_skip_learn} DSJSON lines say \"_skipLearn\": true and were skipped, as VW \
+             skips them"
+        ));
+    }
     if index == 0 && windows.stats.open + windows.stats.no_reward_unknown_window > 0 {
         bail!(
             "no event to evaluate has a final outcome: {}",
@@ -605,6 +621,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         candidates,
         skipped_no_reward: windows.stats.no_reward_unknown_window,
+        skipped_skip_learn,
         windows: windows.stats,
         warnings,
     })
