@@ -1,6 +1,11 @@
 //! `nudge-sim export`: the decision log (PostgreSQL, SQLite, or any log
 //! `evaluate` reads) to a Parquet dataset partitioned by policy and UTC
-//! day, the Hive layout that Spark, DuckDB and Polars read as one table:
+//! day (`--as parquet`, the default), or to one Vowpal Wabbit DSJSON file
+//! (`--as dsjson`, see [DSJSON](#dsjson)).
+//!
+//! # Parquet
+//!
+//! The Hive layout that Spark, DuckDB and Polars read as one table:
 //!
 //! ```text
 //! DIR/policy=push_send/date=2026-11-30/part-0.parquet
@@ -22,9 +27,24 @@
 //! them). Each file is written to a hidden temporary name and renamed into
 //! place, so a reader never sees half a file and an interrupted run leaves
 //! the last complete export.
+//!
+//! # DSJSON
+//!
+//! `--to FILE` (`.dsjson`, compressed by `.gz` or `.zst`): one
+//! `cb_explore_adf` line per decision whose outcome is final, in the
+//! layout of [`crate::ope::dsjson`], which `vw --cb_adf --dsjson` reads
+//! and `evaluate --log FILE` reads back as the same records. Finality is
+//! the rule `evaluate` applies ([`crate::ope::window`]), judged at
+//! `--as-of` minus `--settle`: the log says the outcome is final, or the
+//! window has closed (a missing reward is the policy's default), or, with
+//! `--keep-first-rewarded`, a rewarded event under `first` aggregation.
+//! Events not final yet, and slates (a `cb_adf` line holds one action),
+//! are counted, warned about and not written. The file is written whole
+//! to a hidden temporary name and renamed into place.
 
+use crate::ope::dsjson;
 use crate::ope::parquet::{ExportBatch, SCHEMA_VERSION, export_schema, percent_encode};
-use crate::ope::source::{Filter, Source};
+use crate::ope::source::{Compression as FileCompression, Filter, Source};
 use crate::ope::window::{RewardRule, Windows};
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -33,6 +53,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,9 +66,16 @@ pub const MANIFEST: &str = "_nudge_export.json";
 /// `nudge-sim export` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The directory to write the dataset to (created if missing).
+    /// Where to write: with `--as parquet` the dataset's directory (created
+    /// if missing), with `--as dsjson` a file (`.dsjson`, `.dsjson.gz`,
+    /// `.dsjson.zst`).
     #[arg(long)]
     pub to: PathBuf,
+    /// What to write: `parquet` (a partitioned dataset) or `dsjson` (one
+    /// Vowpal Wabbit DSJSON file). Default: dsjson when `--to` ends in
+    /// `.dsjson`, `.dsjson.gz` or `.dsjson.zst`, else parquet.
+    #[arg(long = "as", value_enum, value_name = "LAYOUT")]
+    pub layout: Option<Layout>,
     /// The decision log: `postgres://…`, `sqlite://…`, or any `--log`
     /// source `evaluate` reads.
     #[arg(long, alias = "log")]
@@ -69,10 +97,6 @@ pub struct Args {
     /// `24h`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub reward_window: Option<std::time::Duration>,
-    /// With `--reward-window`: the reward of an event that got none in its
-    /// window (default: the policy file's, else 0).
-    #[arg(long, requires = "reward_window")]
-    pub default_reward: Option<f64>,
     /// Extra wait after a window closes before its day is final (the log
     /// writer's batching, a spool replayed after an outage).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
@@ -80,12 +104,42 @@ pub struct Args {
     /// The instant at which days are judged final (default: now).
     #[arg(long, value_parser = parse_instant)]
     pub as_of: Option<DateTime<Utc>>,
-    /// Write every partition again, final or not.
+    /// Write every partition again, final or not (Parquet).
     #[arg(long)]
     pub full: bool,
+    /// With `--reward-window`: the reward of an event whose window closed
+    /// without one, for every policy (as `evaluate --default-reward`);
+    /// without `--reward-window`, each policy file gives its own.
+    #[arg(long, default_value_t = 0.0, requires = "reward_window")]
+    pub default_reward: f64,
+    /// DSJSON: also write events inside their window that are rewarded
+    /// under `first` aggregation (their first reward is final), as
+    /// `evaluate --keep-first-rewarded` keeps them.
+    #[arg(long)]
+    pub keep_first_rewarded: bool,
     /// What to print: a table or JSON.
     #[arg(long, value_enum, default_value_t = crate::Format::Table)]
     pub format: crate::Format,
+}
+
+/// What `nudge-sim export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// A Parquet dataset partitioned by policy and day (`--to DIR`).
+    Parquet,
+    /// One Vowpal Wabbit DSJSON file (`--to FILE`).
+    Dsjson,
+}
+
+impl Args {
+    /// The layout to write: `--as`, else inferred from `--to`.
+    pub fn layout(&self) -> Layout {
+        self.layout.unwrap_or(if dsjson::is_dsjson(&self.to) {
+            Layout::Dsjson
+        } else {
+            Layout::Parquet
+        })
+    }
 }
 
 fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
@@ -131,8 +185,11 @@ pub struct Partition {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The directory.
+    /// The directory (Parquet) or file (DSJSON).
     pub to: String,
+    /// What a DSJSON export wrote; absent for Parquet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsjson: Option<DsjsonReport>,
     /// Partitions written by this run.
     pub written: Vec<Partition>,
     /// Final partitions skipped (already exported).
@@ -143,11 +200,46 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// What a DSJSON export wrote and left out.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DsjsonReport {
+    /// Lines written (events with a final outcome).
+    pub written: u64,
+    /// Of those, events whose window closed without a reward, written with
+    /// the default.
+    pub defaulted: u64,
+    /// Of those, rewarded events kept under `first` aggregation
+    /// (`--keep-first-rewarded`).
+    pub kept_first_rewarded: u64,
+    /// Events not written because their outcome is not final: still inside
+    /// their window, or without a reward and a known window.
+    pub not_final: u64,
+    /// Slates not written (a `cb_adf` line holds one action).
+    pub slates: u64,
+}
+
 /// Runs `export`.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let report = run(&args)?;
     match args.format {
         crate::Format::Json => println!("{}", serde_json::to_string(&report)?),
+        crate::Format::Table if report.dsjson.is_some() => {
+            let d = report.dsjson.as_ref().expect("checked");
+            println!(
+                "exported to {}: {} events written ({} with the default reward, {} kept as \
+                 rewarded under `first`), {} not final, {} slates left out, {} rows read",
+                report.to,
+                d.written,
+                d.defaulted,
+                d.kept_first_rewarded,
+                d.not_final,
+                d.slates,
+                report.rows_read
+            );
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+        }
         crate::Format::Table => {
             println!(
                 "exported to {}: {} partitions written, {} final ones kept, {} rows read",
@@ -194,6 +286,26 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             args.database
         );
     }
+    match args.layout() {
+        Layout::Dsjson => run_dsjson(args, &source),
+        Layout::Parquet => run_parquet(args, &source),
+    }
+}
+
+/// Writes the Parquet dataset.
+fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
+    if dsjson::is_dsjson(&args.to) {
+        bail!(
+            "--to {}: a DSJSON file name, but --as parquet writes a directory",
+            args.to.display()
+        );
+    }
+    if args.keep_first_rewarded {
+        bail!(
+            "--keep-first-rewarded decides which events a DSJSON export writes (--as dsjson); \
+             the Parquet export writes every event and `evaluate` applies the window rule"
+        );
+    }
     for (flag, t) in [("--since", args.since), ("--until", args.until)] {
         if let Some(t) = t
             && t.time() != chrono::NaiveTime::MIN
@@ -210,25 +322,22 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         .reward_window
         .map(|w| chrono::Duration::from_std(w).context("--reward-window out of range"))
         .transpose()?;
-    if args.default_reward.is_some_and(|d| !d.is_finite()) {
+    if !args.default_reward.is_finite() {
         bail!("--default-reward must be a finite number");
     }
     let rules = policy_rules(&args.policies)?;
-    // The rule each row states (`window_closes_at`, `default_reward`):
-    // `--reward-window`, else the policy file's, else what the source
-    // says (an export read again).
+    // The rule each row states (`window_closes_at`, `default_reward`), as
+    // `evaluate` would judge it: `--reward-window` (with
+    // `--default-reward`) for every policy, else the policy file's, else
+    // what the source says (an export read again).
     let rule_of = |rec: &crate::ope::source::LogRecord, policy: &str| -> Option<RewardRule> {
-        let file = rules.get(policy).copied();
         match fixed {
             Some(window) => Some(RewardRule {
                 window,
-                default: args
-                    .default_reward
-                    .or(file.map(|r| r.default))
-                    .unwrap_or(0.0),
+                default: args.default_reward,
                 aggregation: None,
             }),
-            None => file.or(rec.rule),
+            None => rules.get(policy).copied().or(rec.rule),
         }
     };
     std::fs::create_dir_all(&args.to)
@@ -408,4 +517,149 @@ fn policy_rules(paths: &[PathBuf]) -> anyhow::Result<HashMap<String, RewardRule>
         }
     }
     Ok(rules)
+}
+
+/// Writes the DSJSON file; see the [module docs](self#dsjson).
+fn run_dsjson(args: &Args, source: &Source) -> anyhow::Result<Report> {
+    if args.to.is_dir() {
+        bail!(
+            "--to {}: a directory, but --as dsjson writes one file (e.g. log.dsjson, \
+             log.dsjson.zst)",
+            args.to.display()
+        );
+    }
+    if !args.default_reward.is_finite() {
+        bail!("--default-reward must be a finite number");
+    }
+    let settle = chrono::Duration::from_std(args.settle).context("--settle out of range")?;
+    let fixed = args
+        .reward_window
+        .map(|w| -> anyhow::Result<RewardRule> {
+            Ok(RewardRule {
+                window: chrono::Duration::from_std(w).context("--reward-window out of range")?,
+                default: args.default_reward,
+                aggregation: None,
+            })
+        })
+        .transpose()?;
+    let rules = policy_rules(&args.policies)?;
+    let judged_at = args.as_of.unwrap_or_else(Utc::now) - settle;
+    let mut windows = Windows::new(fixed, rules, judged_at, false, args.keep_first_rewarded);
+    let filter = Filter {
+        policy_id: args.policy.clone(),
+        since: args.since,
+        until: args.until,
+        with_time: true,
+    };
+    let name = args
+        .to
+        .file_name()
+        .with_context(|| format!("--to {}: not a file name", args.to.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = args.to.with_file_name(format!(".{name}.tmp"));
+    if let Some(dir) = args.to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut out = Compressed::create(&tmp, FileCompression::of(&args.to).0)?;
+    let mut report = Report {
+        to: args.to.display().to_string(),
+        ..Report::default()
+    };
+    let mut d = DsjsonReport::default();
+    let mut line = String::new();
+    for rec in source.open(&filter, false)? {
+        let rec = rec?;
+        report.rows_read += 1;
+        if rec.slate.as_ref().is_some_and(|s| s.len() > 1) {
+            d.slates += 1;
+            continue;
+        }
+        let Some(reward) = windows.judge(&rec) else {
+            continue;
+        };
+        line.clear();
+        dsjson::write_line(&mut line, &rec, reward)?;
+        line.push('\n');
+        out.write_all(line.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        d.written += 1;
+    }
+    out.finish()
+        .with_context(|| format!("cannot finish {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.to)
+        .with_context(|| format!("cannot move {} into place", args.to.display()))?;
+    let s = &windows.stats;
+    d.defaulted = s.defaulted;
+    d.kept_first_rewarded = s.kept_first_rewarded;
+    d.not_final = s.open + s.no_reward_unknown_window;
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if s.open > 0 {
+        let until = s.open_until.map(time).unwrap_or_default();
+        report.warnings.push(format!(
+            "{} events ({} of them already rewarded) are still inside their reward window as \
+             of {} (--as-of minus --settle; the last closes at {until}): not written, since a \
+             DSJSON line's cost is final; export again once their windows and --settle have \
+             passed",
+            s.open,
+            s.open_rewarded,
+            time(judged_at)
+        ));
+    }
+    if s.no_reward_unknown_window > 0 {
+        report.warnings.push(format!(
+            "{} events have no reward and their reward window is unknown (no policy file for \
+             their policy in --policies, and no --reward-window): not written",
+            s.no_reward_unknown_window
+        ));
+    }
+    if d.slates > 0 {
+        report.warnings.push(format!(
+            "{} slates not written: a cb_adf DSJSON line holds one chosen action",
+            d.slates
+        ));
+    }
+    report.dsjson = Some(d);
+    Ok(report)
+}
+
+/// A file being written, compressed by its name's extension.
+enum Compressed {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Gzip(flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>),
+    Zstd(zstd::stream::write::Encoder<'static, std::io::BufWriter<std::fs::File>>),
+}
+
+impl Compressed {
+    fn create(path: &Path, how: FileCompression) -> anyhow::Result<Compressed> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let buf = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(match how {
+            FileCompression::None => Compressed::Plain(buf),
+            FileCompression::Gzip => Compressed::Gzip(flate2::write::GzEncoder::new(
+                buf,
+                flate2::Compression::default(),
+            )),
+            FileCompression::Zstd => Compressed::Zstd(zstd::stream::write::Encoder::new(buf, 3)?),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Compressed::Plain(w) => w.write_all(bytes),
+            Compressed::Gzip(w) => w.write_all(bytes),
+            Compressed::Zstd(w) => w.write_all(bytes),
+        }
+    }
+
+    /// Ends the stream and flushes the file to disk.
+    fn finish(self) -> std::io::Result<()> {
+        let buf = match self {
+            Compressed::Plain(w) => w,
+            Compressed::Gzip(w) => w.finish()?,
+            Compressed::Zstd(w) => w.finish()?,
+        };
+        buf.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
 }

@@ -19,7 +19,8 @@ enum Command {
     Run(nudge_sim::env::Args),
     /// Compare reward functions on the same scenario or logs.
     Tune(nudge_sim::tune::Args),
-    /// Export the decision log to Parquet, partitioned by policy and day.
+    /// Export the decision log to Parquet (partitioned by policy and day) or
+    /// to Vowpal Wabbit DSJSON.
     Export(nudge_sim::export::Args),
 }
 

@@ -387,7 +387,18 @@ fn malformed_inputs_are_errors_naming_file_line_column_and_what_was_expected() {
             ("t.csv", long_ok),
             None,
             &[],
-            &["b.csv:3: malformed CSV"],
+            &["b.csv:3: malformed CSV: 2 fields, but the header has 3 (a row shorter"],
+        ),
+        (
+            "a long CSV row",
+            (
+                "b2.csv",
+                "item_id,click,propensity_score\n0,1,0.5\n1,0,0.5,7\n",
+            ),
+            ("t.csv", long_ok),
+            None,
+            &[],
+            &["b2.csv:3: malformed CSV: 4 fields, but the header has 3 (a row longer"],
         ),
         (
             "a missing OBD column",
@@ -465,7 +476,7 @@ fn malformed_inputs_are_errors_naming_file_line_column_and_what_was_expected() {
             ("t_wide_short.csv", "round,p0,p1\n0,0.5,0.5\n1,1\n"),
             None,
             &[],
-            &["t_wide_short.csv:3: malformed CSV"],
+            &["t_wide_short.csv:3: expected 3 fields (as many as the header), found 2"],
         ),
         (
             "a duplicate action in a wide header",

@@ -13,6 +13,8 @@
 //! - [`source`]: `--log SOURCE` readers (JSONL, Open Bandit Dataset CSV,
 //!   and, in `db`, PostgreSQL / SQLite), streaming [`source::LogRecord`]s,
 //!   gzip / zstd by extension.
+//! - [`dsjson`]: Vowpal Wabbit DSJSON, read as a `--log` source and
+//!   written by `nudge-sim export --as dsjson`.
 //! - [`window`]: which events have a final outcome (reward windows).
 //! - [`candidate`]: target-probability and reward-model files joined to the
 //!   log, and policy files run offline (fixed state and learning replay).
@@ -30,6 +32,7 @@
 mod db;
 
 pub mod candidate;
+pub mod dsjson;
 pub mod embed;
 pub mod estimators;
 pub mod fit;
@@ -60,8 +63,10 @@ use std::process::ExitCode;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The log: `postgres://…`, `sqlite://…`, `obd:PATH` or a `.csv` file
-    /// (Open Bandit Dataset layout, or see `--columns`), or a JSONL file;
-    /// files ending in `.gz` or `.zst` are decompressed.
+    /// (Open Bandit Dataset layout, or see `--columns`), `parquet:PATH`, a
+    /// `.parquet` file or a directory, `dsjson:PATH` or a `.dsjson` file
+    /// (Vowpal Wabbit), or a JSONL file; files ending in `.gz` or `.zst`
+    /// are decompressed.
     #[arg(long, value_name = "SOURCE")]
     pub log: String,
     /// Only decisions of this logging policy.
@@ -219,6 +224,9 @@ pub struct Outcome {
     pub candidates: Vec<(String, Evaluation)>,
     /// Events left out because they had no reward and no known window.
     pub skipped_no_reward: u64,
+    /// DSJSON lines skipped because they say `"_skipLearn": true` (VW
+    /// skips them too); 0 for other sources.
+    pub skipped_skip_learn: u64,
     /// What the reward-window rule did (see [`window`]).
     pub windows: window::WindowStats,
     /// Warnings about the log as a whole (also in every candidate's
@@ -448,7 +456,11 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     let mut elig_buf = Pairs::default();
     let mut index = 0usize;
     let mut read = 0u64;
-    let mut records = prefetch::records(source.open(&filter, fitted.is_some())?, args.inline_read);
+    let skips = std::sync::Arc::new(source::Skips::default());
+    let mut records = prefetch::records(
+        source.open_counting(&filter, fitted.is_some(), skips.clone())?,
+        args.inline_read,
+    );
     while let Some(slot) = records.next_mut() {
         let rec = match slot {
             Some(Ok(rec)) => &*rec,
@@ -457,19 +469,19 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         };
         // The bar reads the clock on every update: count in steps.
         read += 1;
-        if read % 1024 == 0 {
+        if read.is_multiple_of(1024) {
             bar.inc(1024);
         }
         let Some(reward) = windows.judge(rec) else {
             continue;
         };
-        check_record(&rec, reward)?;
-        let item_default = windows.default_for(&rec);
+        check_record(rec, reward)?;
+        let item_default = windows.default_for(rec);
         let q: Option<&Pairs> = if let Some(f) = model_file.as_mut() {
             Some(f.rows_for(&rec.event_id, &rec.origin)?.1)
         } else if let Some(m) = &fitted {
             q_buf.clear();
-            m.predict_all(index, &rec, &mut q_buf)?;
+            m.predict_all(index, rec, &mut q_buf)?;
             Some(&q_buf)
         } else {
             None
@@ -484,30 +496,30 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     let where_ = || format!("{path}:{line}");
                     // Checked as given (in [0, 1], summing to 1), then
                     // renormalised over the logged eligible set.
-                    check_distribution(&rec, dist, &where_)?;
-                    let dist = eligible_distribution(&rec, dist, &mut elig_buf, &where_)?;
-                    let round = round_of(&rec, reward, dist, q, &where_)?;
-                    if let Some(s) = slate_of(&rec, reward, item_default, dist, &where_)? {
+                    check_distribution(rec, dist, &where_)?;
+                    let dist = eligible_distribution(rec, dist, &mut elig_buf, &where_)?;
+                    let round = round_of(rec, reward, dist, q, &where_)?;
+                    if let Some(s) = slate_of(rec, reward, item_default, dist, &where_)? {
                         slot.slates.push(s);
                     }
                     if let Some(emb) = &embeddings {
                         slot.mips
-                            .push(mips_weight(&rec, dist, emb, &where_)?, reward);
+                            .push(mips_weight(rec, dist, emb, &where_)?, reward);
                     }
                     slot.main.push(round);
                     slot.extra.iter_mut().for_each(|x| x.2.push(round));
                 }
                 Kind::Policy(cand) => {
-                    let step = cand.step(&rec, reward)?;
+                    let step = cand.step(rec, reward)?;
                     let where_ = || rec.origin.to_string();
-                    let round = round_of(&rec, reward, &step.distribution, q, &where_)?;
+                    let round = round_of(rec, reward, &step.distribution, q, &where_)?;
                     if let Some(s) =
-                        slate_of(&rec, reward, item_default, &step.distribution, &where_)?
+                        slate_of(rec, reward, item_default, &step.distribution, &where_)?
                     {
                         slot.slates.push(s);
                     }
                     if let Some(emb) = &embeddings {
-                        let w = mips_weight(&rec, &step.distribution, emb, &where_)?;
+                        let w = mips_weight(rec, &step.distribution, emb, &where_)?;
                         slot.mips.push(w, reward);
                     }
                     slot.main.push(round);
@@ -542,7 +554,14 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     bar.inc(read % 1024);
     bar.finish_and_clear();
 
-    let warnings = windows.warnings();
+    let mut warnings = windows.warnings();
+    let skipped_skip_learn = skips.skip_learn.load(std::sync::atomic::Ordering::Relaxed);
+    if skipped_skip_learn > 0 {
+        warnings.push(format!(
+            "{skipped_skip_learn} DSJSON lines say \"_skipLearn\": true and were skipped, as VW \
+             skips them"
+        ));
+    }
     if index == 0 && windows.stats.open + windows.stats.no_reward_unknown_window > 0 {
         bail!(
             "no event to evaluate has a final outcome: {}",
@@ -624,6 +643,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         candidates,
         skipped_no_reward: windows.stats.no_reward_unknown_window,
+        skipped_skip_learn,
         windows: windows.stats,
         warnings,
     })

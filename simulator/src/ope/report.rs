@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::Path;
 
 /// The JSON object of one candidate. Stable keys: `candidate`, `n`,
-/// `skipped_no_reward`, `reward_windows` (the fields of
+/// `skipped_no_reward`, `skipped_skip_learn` (DSJSON `_skipLearn` lines),
+/// `reward_windows` (the fields of
 /// [`super::window::WindowStats`]), `estimates` (`{name: {value, stderr, ci_low,
 /// ci_high, ci_method, normal_ci_low, normal_ci_high}}`, `ci_method` being
 /// `"bootstrap"` or `"normal"`; IPW and SNIPW add `eb_ci_low`/`eb_ci_high`,
@@ -39,6 +40,7 @@ pub fn candidate_json(name: &str, ev: &Evaluation, outcome: &Outcome) -> Value {
         "candidate": name,
         "n": ev.n,
         "skipped_no_reward": outcome.skipped_no_reward,
+        "skipped_skip_learn": outcome.skipped_skip_learn,
         "reward_windows": outcome.windows,
         "estimates": estimates,
         "diagnostics": ev.diagnostics,

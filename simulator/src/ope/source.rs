@@ -1,6 +1,7 @@
 //! Logged decisions as a stream of [`LogRecord`]s, from any `--log SOURCE`:
 //! the service's PostgreSQL or SQLite log, a JSONL file
-//! ([`crate::logfmt`]), or an Open Bandit Dataset CSV (`obd:PATH`).
+//! ([`crate::logfmt`]), an Open Bandit Dataset CSV (`obd:PATH`), Parquet
+//! ([`super::parquet`]) or Vowpal Wabbit DSJSON ([`super::dsjson`]).
 //!
 //! Every reader streams: it holds one record (and, for a database, a
 //! bounded channel of 1024 rows) at a time. A malformed record is an error
@@ -15,6 +16,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// How a file is compressed, by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +196,15 @@ impl Filter {
     }
 }
 
+/// Lines a reader skipped by its format's own rule, counted while it
+/// streams. The caller keeps a clone of the `Arc` and reads the counts once
+/// the stream has ended.
+#[derive(Debug, Default)]
+pub struct Skips {
+    /// DSJSON lines with `"_skipLearn": true` (VW skips them too).
+    pub skip_learn: AtomicU64,
+}
+
 /// A parsed `--log SOURCE`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
@@ -207,6 +218,9 @@ pub enum Source {
     /// `parquet:PATH`, a path ending in `.parquet`, or a directory: a
     /// Parquet log ([`super::parquet`]), Nudge's export or a flat table.
     Parquet(PathBuf, ColumnMap),
+    /// `dsjson:PATH`, or a path ending in `.dsjson` (`.dsjson.gz`,
+    /// `.dsjson.zst`): Vowpal Wabbit's DSJSON ([`super::dsjson`]).
+    Dsjson(PathBuf),
     /// Anything else: a JSONL file (compressed by extension).
     Jsonl(PathBuf),
 }
@@ -218,6 +232,8 @@ impl Source {
             Source::Postgres(s.to_string())
         } else if s.starts_with("sqlite:") {
             Source::Sqlite(s.to_string())
+        } else if let Some(p) = super::dsjson::dsjson_path(s) {
+            Source::Dsjson(p)
         } else if let Some(p) = super::parquet::parquet_path(s) {
             Source::Parquet(p, ColumnMap::default())
         } else if let Some(p) = s.strip_prefix("obd:") {
@@ -251,7 +267,21 @@ impl Source {
         filter: &Filter,
         with_features: bool,
     ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<LogRecord>> + Send>> {
+        self.open_counting(filter, with_features, Arc::default())
+    }
+
+    /// [`Source::open`], counting the lines the format's own rules skip
+    /// in `skips` (DSJSON `_skipLearn`).
+    pub fn open_counting(
+        &self,
+        filter: &Filter,
+        with_features: bool,
+        skips: Arc<Skips>,
+    ) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<LogRecord>> + Send>> {
         Ok(match self {
+            Source::Dsjson(p) => {
+                Box::new(super::dsjson::DsjsonReader::open(p, filter.clone(), skips)?)
+            }
             Source::Jsonl(p) => Box::new(JsonlReader::open(p, filter.clone())?),
             Source::Obd(p, cols) => Box::new(ObdReader::open_mapped(
                 p,
@@ -274,7 +304,9 @@ impl Source {
     /// The size in bytes of a file source (for the progress bar).
     pub fn file_len(&self) -> Option<u64> {
         match self {
-            Source::Jsonl(p) | Source::Obd(p, _) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Source::Jsonl(p) | Source::Obd(p, _) | Source::Dsjson(p) => {
+                std::fs::metadata(p).ok().map(|m| m.len())
+            }
             Source::Parquet(p, _) => super::parquet::files_of(p).ok().map(|fs| {
                 fs.iter()
                     .filter_map(|f| std::fs::metadata(f).ok())
@@ -383,6 +415,8 @@ pub struct ObdReader {
     name: Arc<str>,
     reader: simd_csv::Reader<Input>,
     record: simd_csv::ByteRecord,
+    /// The header's number of fields: every row must have as many.
+    width: usize,
     row: u64,
     cols: ObdColumns,
     filter: Filter,
@@ -598,6 +632,7 @@ impl ObdReader {
             path: path.to_path_buf(),
             reader,
             record: simd_csv::ByteRecord::new(),
+            width: headers.len(),
             row: 0,
             cols,
             needs_time: filter.since.is_some() || filter.until.is_some() || filter.with_time,
@@ -804,6 +839,17 @@ impl Iterator for ObdReader {
                         self.row + 2
                     )));
                 }
+            }
+            if self.record.len() != self.width {
+                let (line, n) = (self.row + 2, self.record.len());
+                self.row += 1;
+                return Some(Err(anyhow::anyhow!(
+                    "{}:{line}: malformed CSV: {n} fields, but the header has {} (a row \
+                     {} than the header)",
+                    self.path.display(),
+                    self.width,
+                    if n < self.width { "shorter" } else { "longer" },
+                )));
             }
             let out = self.parse();
             self.row += 1;
