@@ -83,6 +83,41 @@ fn soft(log: &str, target: &str, q: &str) -> Outcome {
     ])
 }
 
+/// The reader threads (the default) and `--inline-read` give the same
+/// figures, to the bit; errors are compared in the malformed-input test.
+#[test]
+fn reading_on_one_thread_gives_what_the_reader_threads_give() {
+    let (log, t, q) = (
+        fixture("synthetic.obd.csv"),
+        fixture("synthetic_target_soft.csv"),
+        fixture("synthetic_reward_model.csv"),
+    );
+    let threads = soft(&log, &t, &q);
+    let inline = evaluate(&[
+        "--log",
+        &log,
+        "--target-probs",
+        &t,
+        "--reward-model",
+        &q,
+        "--estimators",
+        "ipw,snipw,dm,dr",
+        "--bootstrap",
+        "0",
+        "--inline-read",
+    ]);
+    assert_obp(&inline, "--inline-read");
+    let figures = |o: &Outcome| -> Vec<(String, u64, u64)> {
+        o.candidates[0]
+            .1
+            .estimates
+            .iter()
+            .map(|e| (e.name.to_string(), e.value.to_bits(), e.stderr.to_bits()))
+            .collect()
+    };
+    assert_eq!(figures(&threads), figures(&inline));
+}
+
 fn gzip(src: &str, dst: &Path) -> String {
     let mut enc = flate2::write::GzEncoder::new(
         std::fs::File::create(dst).unwrap(),
@@ -551,6 +586,10 @@ fn malformed_inputs_are_errors_naming_file_line_column_and_what_was_expected() {
         for part in *want {
             assert!(err.contains(part), "{what}: {err:?} lacks {part:?}");
         }
+        // Reading on one thread gives the same error as the reader threads.
+        args.push("--inline-read");
+        let inline = format!("{:#}", try_evaluate(&args).unwrap_err());
+        assert_eq!(inline, err, "{what}: --inline-read");
     }
     // Corrupt compressed files are named too.
     for log in [&garbage_gz, &garbage_zst] {

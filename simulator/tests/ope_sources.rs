@@ -411,6 +411,21 @@ fn deterministic_logging_is_warned_about_not_hidden() {
         d.warnings
     );
 
+    // Logged with propensity 1 but taken by the candidate too (as when it
+    // was the only eligible arm): nothing is missing, and no warning.
+    let t_same = write(dir.path(), "t_same.csv", &target(50, 1.0));
+    let out = evaluate(&["--log", &log, "--target-probs", &t_same, "--bootstrap", "0"]);
+    let d = &out.candidates[0].1.diagnostics;
+    assert_eq!(
+        (d.deterministic_share, d.deterministic_differs_share),
+        (1.0, 0.0)
+    );
+    assert!(
+        d.warnings.iter().all(|w| !w.contains("deterministic")),
+        "{:?}",
+        d.warnings
+    );
+
     // A uniformly random log raises no such warning.
     let events: Vec<(&str, f64, f64)> = (0..50)
         .map(|i| (if i % 2 == 0 { "a" } else { "b" }, 0.5, 1.0))

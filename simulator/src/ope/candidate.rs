@@ -18,6 +18,14 @@ use nudge::model::LinearModel;
 use nudge::policy::{Candidate, DecideRequest, Mode, Policy};
 use std::path::{Path, PathBuf};
 
+/// Whether two ids are equal, without a `memcmp` call: ids are a few
+/// bytes, compared tens of millions of times in a large evaluation, and
+/// the call costs more than the comparison.
+#[inline]
+pub fn same_id(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// `(action id, number)` pairs of one event, stored without an allocation
 /// per pair (the ids share one string buffer, which is reused).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,7 +63,9 @@ impl Pairs {
 
     /// The value of `id` (the first pair with that id).
     pub fn get(&self, id: &str) -> Option<f64> {
-        self.iter().find(|(a, _)| *a == id).map(|(_, v)| v)
+        self.iter()
+            .find(|(a, _)| same_id(a.as_bytes(), id.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// The value of `id`, looked for first at position `hint`: files that
@@ -64,7 +74,7 @@ impl Pairs {
     /// [`Pairs::get`] when ids are unique.
     pub fn get_near(&self, hint: usize, id: &str) -> Option<f64> {
         match self.rows.get(hint) {
-            Some(&(s, e, v)) if &self.buf[s..e] == id => Some(v),
+            Some(&(s, e, v)) if same_id(&self.buf.as_bytes()[s..e], id.as_bytes()) => Some(v),
             _ => self.get(id),
         }
     }
@@ -90,7 +100,7 @@ pub struct EventCsv {
     wide: Option<Vec<String>>,
     /// The header's column names.
     headers: Vec<String>,
-    reader: simd_csv::Reader<super::source::Input>,
+    reader: simd_csv::Reader<super::source::RawInput>,
     record: simd_csv::ByteRecord,
     /// 1-based line of `record`.
     line: u64,
@@ -111,7 +121,7 @@ impl EventCsv {
     /// numbered from 0 in order as OBP writes them, are actions `0`, `1`,
     /// …; any other column name is the action id itself.
     pub fn open(path: &Path, value_column: &'static str) -> anyhow::Result<EventCsv> {
-        let mut reader = super::source::csv_reader(super::source::open_input(path)?);
+        let mut reader = super::source::csv_reader(path)?;
         let headers: Vec<String> = super::source::csv_headers(&mut reader, path)?
             .into_iter()
             .map(|h| h.trim().to_string())
@@ -293,7 +303,7 @@ impl EventCsv {
             return out.map(|()| true);
         }
         while self.read_row()? {
-            if self.record[0] != *self.group_id.as_bytes() {
+            if !same_id(&self.record[0], self.group_id.as_bytes()) {
                 break;
             }
             let action = std::str::from_utf8(&self.record[1]).map_err(|_| {
@@ -400,7 +410,7 @@ impl EventFile {
         };
         loop {
             let (id, _, pairs) = groups.group();
-            if !pairs.is_empty() && id == event_id {
+            if !pairs.is_empty() && same_id(id.as_bytes(), event_id.as_bytes()) {
                 break;
             }
             if !groups.next_group()? {

@@ -62,7 +62,6 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -440,21 +439,15 @@ impl Iterator for DsjsonReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            self.line.clear();
-            self.line_no += 1;
-            match self.reader.read_line(&mut self.line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    return Some(Err(anyhow::anyhow!(
-                        "{}:{}: cannot read: {e}",
-                        self.path.display(),
-                        self.line_no
-                    )));
-                }
-            }
-            if self.line.trim().is_empty() {
-                continue;
+            match super::source::next_line(
+                &mut self.reader,
+                &mut self.line,
+                &mut self.line_no,
+                &self.path,
+            ) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
             }
             match self.parse() {
                 Ok(Some(rec)) => return Some(Ok(rec)),

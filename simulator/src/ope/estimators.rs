@@ -268,6 +268,12 @@ pub struct Diagnostics {
     pub tiny_propensity_share: f64,
     /// Share of events logged with propensity 1 (deterministic logging).
     pub deterministic_share: f64,
+    /// Of all events, the share logged with propensity 1 where the
+    /// candidate gives the logged action less than 1: there it would act
+    /// otherwise, and nothing logged says what that would have earned. (An
+    /// event whose only eligible action was logged is deterministic for
+    /// every candidate evaluated under the logged eligibility, and harmless.)
+    pub deterministic_differs_share: f64,
     /// Smallest logged propensity.
     pub min_propensity: f64,
     /// Largest logged propensity.
@@ -651,6 +657,7 @@ pub struct Accumulator {
     replay_matched: u64,
     tiny: u64,
     deterministic: u64,
+    deterministic_differs: u64,
     p_min: f64,
     p_max: f64,
     r_min: f64,
@@ -693,6 +700,7 @@ impl Accumulator {
             replay_matched: 0,
             tiny: 0,
             deterministic: 0,
+            deterministic_differs: 0,
             p_min: f64::INFINITY,
             p_max: 0.0,
             r_min: f64::INFINITY,
@@ -730,6 +738,9 @@ impl Accumulator {
         }
         if r.pscore >= 1.0 {
             self.deterministic += 1;
+            if r.target_logged < 1.0 {
+                self.deterministic_differs += 1;
+            }
         }
         self.p_min = self.p_min.min(r.pscore);
         self.p_max = self.p_max.max(r.pscore);
@@ -915,6 +926,7 @@ impl Accumulator {
             mean_weight: self.w_sum / n,
             tiny_propensity_share: self.tiny as f64 / n,
             deterministic_share: self.deterministic as f64 / n,
+            deterministic_differs_share: self.deterministic_differs as f64 / n,
             min_propensity: self.p_min,
             max_propensity: self.p_max,
             warnings: Vec::new(),
@@ -929,13 +941,13 @@ impl Accumulator {
         let weighted = which
             .iter()
             .any(|e| !matches!(e, Estimator::Dm | Estimator::Replay));
-        if d.deterministic_share > 0.0 {
+        if d.deterministic_differs_share > 0.0 {
             w.push(format!(
-                "{} of events were logged with propensity 1 (deterministic logging): no \
-                 other action was ever explored there, so importance-weighted estimators \
-                 (ipw, snipw, dr, …) are biased for a candidate that would act differently, \
-                 and dm rests on the reward model alone",
-                pct(d.deterministic_share)
+                "{} of events were logged with propensity 1 (deterministic logging) where \
+                 the candidate would act differently: no other action was ever explored \
+                 there, so importance-weighted estimators (ipw, snipw, dr, …) are biased for \
+                 it, and dm rests on the reward model alone",
+                pct(d.deterministic_differs_share)
             ));
         }
         if d.tiny_propensity_share > 0.0 && weighted {

@@ -843,7 +843,7 @@ fn round_of(
             );
         }
         sum += p;
-        if a == rec.action {
+        if candidate::same_id(a.as_bytes(), rec.action.as_bytes()) {
             target_logged = p;
         }
     }

@@ -64,6 +64,23 @@ pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
     })
 }
 
+/// Opens a file for a reader that buffers itself (the CSV readers),
+/// decompressing it by extension: no second buffer to copy through.
+pub fn open_raw(path: &Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(match Compression::of(path).0 {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(file)
+                .with_context(|| format!("{}: not a Zstandard stream", path.display()))?,
+        ),
+    })
+}
+
+/// A CSV file's byte stream ([`open_raw`]).
+pub type RawInput = Box<dyn std::io::Read + Send>;
+
 /// A streamed input file, decompressed and buffered ([`open_input`]).
 pub type Input = Box<dyn BufRead + Send>;
 
@@ -318,6 +335,26 @@ impl Source {
     }
 }
 
+/// Reads the next line that is not blank into `line`, counting lines in
+/// `line_no` (from 1); `false` at the end of the file.
+pub(crate) fn next_line(
+    reader: &mut Input,
+    line: &mut String,
+    line_no: &mut u64,
+    path: &Path,
+) -> anyhow::Result<bool> {
+    loop {
+        line.clear();
+        *line_no += 1;
+        match reader.read_line(line) {
+            Ok(0) => return Ok(false),
+            Ok(_) if line.trim().is_empty() => {}
+            Ok(_) => return Ok(true),
+            Err(e) => bail!("{}:{}: cannot read: {e}", path.display(), line_no),
+        }
+    }
+}
+
 /// Reads a JSONL log ([`crate::logfmt::LoggedEvent`] per line).
 pub struct JsonlReader {
     path: PathBuf,
@@ -376,21 +413,15 @@ impl Iterator for JsonlReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            self.line.clear();
-            self.line_no += 1;
-            match self.reader.read_line(&mut self.line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    return Some(Err(anyhow::anyhow!(
-                        "{}:{}: cannot read: {e}",
-                        self.path.display(),
-                        self.line_no
-                    )));
-                }
-            }
-            if self.line.trim().is_empty() {
-                continue;
+            match next_line(
+                &mut self.reader,
+                &mut self.line,
+                &mut self.line_no,
+                &self.path,
+            ) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
             }
             let ev = match self.parse() {
                 Ok(ev) => ev,
@@ -413,7 +444,7 @@ impl Iterator for JsonlReader {
 pub struct ObdReader {
     path: PathBuf,
     name: Arc<str>,
-    reader: simd_csv::Reader<Input>,
+    reader: simd_csv::Reader<RawInput>,
     record: simd_csv::ByteRecord,
     /// The header's number of fields: every row must have as many.
     width: usize,
@@ -574,7 +605,7 @@ impl ObdReader {
                 path.display()
             );
         }
-        let mut reader = csv_reader(open_input(path)?);
+        let mut reader = csv_reader(path)?;
         let headers = csv_headers(&mut reader, path)?;
         let find = |name: &str| {
             headers
@@ -763,22 +794,31 @@ impl ObdReader {
 /// A CSV reader for the log and per-event files (`simd-csv`): a header
 /// row, `"` quoting, rows of any length (the callers check each row's
 /// fields and name what is missing).
-pub(crate) fn csv_reader(input: Input) -> simd_csv::Reader<Input> {
-    simd_csv::ReaderBuilder::new()
+pub(crate) fn csv_reader(path: &Path) -> anyhow::Result<simd_csv::Reader<RawInput>> {
+    Ok(simd_csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .buffer_capacity(1 << 20)
-        .from_reader(input)
+        .from_reader(open_raw(path)?))
 }
 
 /// The header row of `reader` as strings (trimmed of a UTF-8 BOM).
 pub(crate) fn csv_headers(
-    reader: &mut simd_csv::Reader<Input>,
+    reader: &mut simd_csv::Reader<RawInput>,
     path: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let headers = reader
         .byte_headers()
         .map_err(|e| anyhow::anyhow!("{}:1: cannot read the header: {e}", path.display()))?;
+    header_strings(headers, path)
+}
+
+/// A header row as strings (trimmed of a UTF-8 BOM), or which column is
+/// not UTF-8.
+pub(crate) fn header_strings(
+    headers: &simd_csv::ByteRecord,
+    path: &Path,
+) -> anyhow::Result<Vec<String>> {
     headers
         .iter()
         .enumerate()
