@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # OPE benchmark: 1 000 000 logged events, 10 actions, IPW + SNIPW + DM + DR
 # with a supplied reward model, end to end from files (an OBD-layout log
-# CSV, a target-probabilities CSV and a reward-model CSV), nudge-sim's
+# CSV, a target-probabilities CSV and a reward-model CSV, then the same as
+# Parquet), nudge-sim's
 # release binary against the Open Bandit Pipeline on the same files, in the
 # same minute, RUNS times each, interleaved. Prints one side-by-side table:
 # each estimate from both tools, and the times — nudge-sim as a process,
@@ -15,7 +16,8 @@
 # The OBP virtualenv (obp 0.5.7 needs Python 3.10; this machine has it
 # under pyenv):
 #   /root/.pyenv/versions/3.10.13/bin/python -m venv /work/venv-obp
-#   /work/venv-obp/bin/pip install "obp==0.5.7" "matplotlib<3.9"
+#   /work/venv-obp/bin/pip install "obp==0.5.7" "matplotlib<3.9" pyarrow
+# (pyarrow writes the Parquet copies of the files and lets pandas read them)
 #
 # Environment: BENCH_DIR (files, default /tmp/nudge-ope-bench), RUNS
 # (default 3), NUDGE_SIM (a nudge-sim binary: then nothing is built),
