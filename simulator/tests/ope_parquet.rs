@@ -148,6 +148,19 @@ fn an_export_evaluates_as_its_log_and_is_incremental() {
             "0",
         ])
     };
+    // Every row keeps its policy and model versions and the rule the
+    // export states: the JSONL's versions, the 1 h window.
+    let opened = nudge_sim::ope::source::Source::parse(to.to_str().unwrap())
+        .open(&Default::default(), false)
+        .unwrap();
+    for rec in opened {
+        let rec = rec.unwrap();
+        assert_eq!(rec.versions, Some((1, 0)), "{}", rec.origin);
+        let rule = rec.rule.expect("the export states the rule");
+        assert_eq!(rule.window, chrono::Duration::hours(1));
+        assert_eq!(rule.default, 0.0);
+    }
+
     let from_log = args(&log);
     let from_export = args(to.to_str().unwrap());
     assert_eq!(from_export.candidates[0].1.n, 400);

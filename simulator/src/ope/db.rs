@@ -20,7 +20,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 /// summed (a slate's other items have their own rewards: those come per
 /// item, `{action: sum}`, for slates only).
 const PG_QUERY: &str = "\
-SELECT d.event_id, d.policy, d.decided_at, d.context::text AS context, \
+SELECT d.event_id, d.policy, d.policy_version, d.model_version, d.decided_at, \
+       d.context::text AS context, \
        d.actions::text AS actions, d.candidates::text AS candidates, d.action, \
        d.probability, d.slate::text AS slate, r.reward, r.is_default, \
        CASE WHEN d.slate IS NULL THEN NULL ELSE \
@@ -41,7 +42,8 @@ ORDER BY d.decided_at, d.event_id";
 /// SQLite: the same; timestamps are RFC 3339 text in UTC, which sorts and
 /// compares chronologically.
 const SQLITE_QUERY: &str = "\
-SELECT d.event_id, d.policy, d.decided_at, d.context, d.actions, d.candidates, \
+SELECT d.event_id, d.policy, d.policy_version, d.model_version, d.decided_at, d.context, \
+       d.actions, d.candidates, \
        d.action, d.probability, d.slate, r.reward, r.is_default, \
        CASE WHEN d.slate IS NULL THEN NULL ELSE \
          (SELECT json_group_object(x.action, x.s) FROM \
@@ -117,6 +119,7 @@ fn record(
     table: &str,
     event_id: String,
     policy: String,
+    versions: (i32, i64),
     decided_at: DateTime<Utc>,
     context: String,
     actions: Option<String>,
@@ -163,6 +166,7 @@ fn record(
         event_id,
         origin: Origin::Row(origin),
         policy: Some(policy),
+        versions: Some(versions),
         decided_at: Some(decided_at),
         action,
         pscore: probability,
@@ -253,6 +257,10 @@ macro_rules! record_of_row {
                 $source,
                 $row.try_get("event_id")?,
                 $row.try_get("policy")?,
+                (
+                    $row.try_get("policy_version")?,
+                    $row.try_get("model_version")?,
+                ),
                 $row.try_get("decided_at")?,
                 $row.try_get("context")?,
                 $row.try_get("actions")?,

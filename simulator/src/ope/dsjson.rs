@@ -417,6 +417,7 @@ impl DsjsonReader {
             event_id: line.event_id.unwrap_or_else(|| self.line_no.to_string()),
             origin: Origin::Line(self.name.clone(), self.line_no),
             policy,
+            versions: None,
             decided_at,
             action: ids[index as usize].clone(),
             pscore,

@@ -28,7 +28,8 @@ use super::window::RewardRule;
 use crate::logfmt::CandidateProb;
 use anyhow::{Context, bail};
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
@@ -51,12 +52,21 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// The export's columns, in order, with their meaning. The policy id and
 /// the UTC day are the Hive partition directories (`policy=ID/date=DAY`),
 /// not columns, as Spark, DuckDB and Polars expect of a partitioned dataset.
-pub const EXPORT_FIELDS: [(&str, &str); 13] = [
+pub const EXPORT_FIELDS: [(&str, &str); 15] = [
     (
         "event_id",
         "string: the decision's event id, unique per policy",
     ),
     ("decided_at", "timestamp (µs, UTC): when it was decided"),
+    (
+        "policy_version",
+        "int32, null when the source has none: the policy file's version that decided",
+    ),
+    (
+        "model_version",
+        "int64, null when the source has none: the model's version (updates learned) at the \
+         decision",
+    ),
     ("action", "string: the chosen action (a slate's top item)"),
     (
         "probability",
@@ -114,6 +124,8 @@ pub fn export_schema() -> SchemaRef {
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             false,
         ),
+        field("policy_version", DataType::Int32, true),
+        field("model_version", DataType::Int64, true),
         field("action", DataType::Utf8, false),
         field("probability", DataType::Float64, false),
         field("reward", DataType::Float64, true),
@@ -136,6 +148,8 @@ pub fn export_schema() -> SchemaRef {
 pub struct ExportBatch {
     event_id: StringBuilder,
     decided_at: TimestampMicrosecondBuilder,
+    policy_version: Int32Builder,
+    model_version: Int64Builder,
     action: StringBuilder,
     probability: Float64Builder,
     reward: Float64Builder,
@@ -155,6 +169,8 @@ impl Default for ExportBatch {
         ExportBatch {
             event_id: StringBuilder::new(),
             decided_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            policy_version: Int32Builder::new(),
+            model_version: Int64Builder::new(),
             action: StringBuilder::new(),
             probability: Float64Builder::new(),
             reward: Float64Builder::new(),
@@ -181,6 +197,8 @@ impl ExportBatch {
         let json = |v: &serde_json::Value| v.to_string();
         self.event_id.append_value(&rec.event_id);
         self.decided_at.append_value(at.timestamp_micros());
+        self.policy_version.append_option(rec.versions.map(|v| v.0));
+        self.model_version.append_option(rec.versions.map(|v| v.1));
         self.action.append_value(&rec.action);
         self.probability.append_value(rec.pscore);
         self.reward.append_option(rec.reward);
@@ -222,6 +240,8 @@ impl ExportBatch {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.decided_at.finish()),
+            Arc::new(self.policy_version.finish()),
+            Arc::new(self.model_version.finish()),
             Arc::new(self.action.finish()),
             Arc::new(self.probability.finish()),
             Arc::new(self.reward.finish()),
@@ -562,6 +582,7 @@ enum Layout {
         policy: Option<usize>,
         closes: Option<usize>,
         default: Option<usize>,
+        versions: Option<(usize, usize)>,
     },
     /// A flat table: the role of each projected column (by position in
     /// `Roles::cols`): action, reward, propensity, then optional
@@ -687,10 +708,13 @@ impl ParquetLogReader {
                     let policy = optional("policy", As::Str);
                     let closes = optional("window_closes_at", As::Time);
                     let default = optional("default_reward", As::F64);
+                    let policy_version = optional("policy_version", As::F64);
+                    let model_version = optional("model_version", As::F64);
                     layout = Some(Layout::Export {
                         policy,
                         closes,
                         default,
+                        versions: policy_version.zip(model_version),
                     });
                 } else {
                     let why = |role: &str| {
@@ -861,6 +885,7 @@ impl ParquetLogReader {
                 policy,
                 closes,
                 default,
+                versions,
             } => {
                 // Roles in the order pushed above.
                 let policy = match policy {
@@ -870,6 +895,14 @@ impl ParquetLogReader {
                 let at = time(1)?.ok_or_else(|| err(name(1), "null".into()))?;
                 let closes = closes.map(time).transpose()?.flatten();
                 let default = default.map(|k| number(k, true)).transpose()?.flatten();
+                // Read as floats like every numeric column: versions are
+                // small integers, exact in an f64.
+                let versions = match versions {
+                    Some((p, m)) => number(p, true)?
+                        .zip(number(m, true)?)
+                        .map(|(p, m)| (p as i32, m as i64)),
+                    None => None,
+                };
                 let rule = match (closes, default) {
                     (Some(closes), Some(default)) if closes >= at => Some(RewardRule {
                         window: closes - at,
@@ -907,6 +940,7 @@ impl ParquetLogReader {
                     event_id: required(0)?.to_string(),
                     origin,
                     policy,
+                    versions,
                     decided_at: Some(at),
                     action: required(2)?.to_string(),
                     pscore: number(3, false)?.ok_or_else(|| err(name(3), "null".into()))?,
@@ -978,6 +1012,7 @@ impl ParquetLogReader {
                     event_id,
                     origin,
                     policy: None,
+                    versions: None,
                     decided_at: at,
                     action: required(0)?.trim().to_string(),
                     pscore: number(2, false)?.ok_or_else(|| err(name(2), "null".into()))?,

@@ -124,6 +124,10 @@ pub struct LogRecord {
     pub origin: Origin,
     /// The logging policy's id, when the source has one.
     pub policy: Option<String>,
+    /// The logging policy's version and its model's version at the
+    /// decision, when the source has them (the service's log, JSONL, the
+    /// Parquet export).
+    pub versions: Option<(i32, i64)>,
     /// When it was decided, when the source says.
     pub decided_at: Option<DateTime<Utc>>,
     /// The logged action's id.
@@ -166,6 +170,7 @@ impl LogRecord {
             event_id: ev.event_id,
             origin,
             policy: Some(ev.policy),
+            versions: Some((ev.policy_version, ev.model_version)),
             decided_at: Some(ev.decided_at),
             action: ev.action,
             pscore: ev.probability,
@@ -774,6 +779,7 @@ impl ObdReader {
             event_id,
             origin: Origin::Line(self.name.clone(), line),
             policy: None,
+            versions: None,
             decided_at: at,
             action,
             pscore,
