@@ -730,6 +730,47 @@ fn mips_over_action_embeddings_agrees_with_obp_and_names_a_missing_action() {
     let est = &out.candidates[0].1.estimates;
     assert!(est[1].stderr < est[0].stderr, "{est:?}");
 
+    // The same table as Parquet (an integer column read as text too).
+    let n = fx["deterministic"].as_array().unwrap().len();
+    let cats = |k: usize| -> arrow_array::ArrayRef {
+        let v: Vec<i64> = fx["deterministic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[k].as_i64().unwrap())
+            .collect();
+        std::sync::Arc::new(arrow_array::Int64Array::from(v))
+    };
+    let actions: Vec<String> = (0..n).map(|a| format!("a{a}")).collect();
+    let genre: Vec<String> = (0..n)
+        .map(|a| format!("g{}", fx["deterministic"][a][0]))
+        .collect();
+    let batch = arrow_array::RecordBatch::try_from_iter([
+        (
+            "action",
+            std::sync::Arc::new(arrow_array::StringArray::from(actions)) as arrow_array::ArrayRef,
+        ),
+        (
+            "genre",
+            std::sync::Arc::new(arrow_array::StringArray::from(genre)) as arrow_array::ArrayRef,
+        ),
+        ("format", cats(1)),
+    ])
+    .unwrap();
+    let pq_path = d.join("embeddings.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&pq_path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let a = args(pq_path.to_str().unwrap());
+    let pq = try_evaluate(&a.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    // Categories are only compared for equality: `f1` and `1` group alike.
+    assert_eq!(value(&pq, "mipw"), ours);
+
     let short = write(
         d,
         "short.csv",

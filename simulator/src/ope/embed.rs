@@ -43,42 +43,64 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    /// Reads the file; errors name the file, line and what was expected.
+    /// Reads the file: a CSV (compressed by extension), or Parquet when
+    /// [`super::parquet::parquet_path`] says so (a `.parquet` file, a
+    /// directory of them, `parquet:PATH`), with the same columns (any
+    /// column type, read as text). Errors name the file, the line (CSV) or
+    /// row (Parquet), and what was expected.
     pub fn load(path: &Path) -> anyhow::Result<Embeddings> {
+        if let Some(p) = super::parquet::parquet_path(&path.to_string_lossy()) {
+            let (headers, rows) = super::parquet::string_table(&p)?;
+            return Embeddings::of_rows(path, headers, rows.into_iter().map(Ok));
+        }
         let mut reader = csv::ReaderBuilder::new().from_reader(super::source::open_input(path)?);
-        let headers = reader
+        let headers: Vec<String> = reader
             .headers()
             .with_context(|| format!("{}: reading the header", path.display()))?
-            .clone();
-        if headers.get(0) != Some("action") || headers.len() < 2 {
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let rows = reader.into_records().enumerate().map(|(i, row)| {
+            let row = row.with_context(|| format!("{}:{}", path.display(), i + 2))?;
+            Ok((
+                format!("{}:{}", path.display(), i + 2),
+                row.iter().map(str::to_string).collect(),
+            ))
+        });
+        Embeddings::of_rows(path, headers, rows)
+    }
+
+    /// The table `action,<dimension>,…`: each row with where it is (for
+    /// errors) and its cells.
+    fn of_rows(
+        path: &Path,
+        headers: Vec<String>,
+        rows: impl Iterator<Item = anyhow::Result<(String, Vec<String>)>>,
+    ) -> anyhow::Result<Embeddings> {
+        if headers.first().map(String::as_str) != Some("action") || headers.len() < 2 {
             bail!(
                 "{}:1: expected the header `action,<dimension>,…` (one column per embedding \
                  dimension), got `{}`",
                 path.display(),
-                headers.iter().collect::<Vec<_>>().join(",")
+                headers.join(",")
             );
         }
-        let dims: Vec<String> = headers.iter().skip(1).map(str::to_string).collect();
+        let dims: Vec<String> = headers[1..].to_vec();
         let mut by_action = HashMap::new();
-        for (i, row) in reader.records().enumerate() {
-            let line = i + 2;
-            let row = row.with_context(|| format!("{}:{line}", path.display()))?;
+        for row in rows {
+            let (at, mut row) = row?;
             if row.len() != headers.len() {
                 bail!(
-                    "{}:{line}: {} fields, expected {} (action and {} dimensions)",
-                    path.display(),
+                    "{at}: {} fields, expected {} (action and {} dimensions)",
                     row.len(),
                     headers.len(),
                     dims.len()
                 );
             }
-            let action = row[0].to_string();
-            let cats: Vec<String> = row.iter().skip(1).map(str::to_string).collect();
+            let cats = row.split_off(1);
+            let action = row.pop().expect("one cell left");
             if by_action.insert(action.clone(), cats).is_some() {
-                bail!(
-                    "{}:{line}: action {action:?} is listed twice",
-                    path.display()
-                );
+                bail!("{at}: action {action:?} is listed twice");
             }
         }
         Ok(Embeddings { dims, by_action })

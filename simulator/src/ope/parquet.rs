@@ -272,6 +272,60 @@ pub fn parquet_path(arg: &str) -> Option<PathBuf> {
     None
 }
 
+/// A small Parquet table (a file or a dataset directory) read whole, every
+/// column cast to text: the column names, and each row with where it is
+/// (`file: row R`, for errors) and its cells (a null is an error). For
+/// lookup tables such as `--action-embeddings`, not for logs.
+pub fn string_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(String, Vec<String>)>)> {
+    let mut headers: Option<Vec<String>> = None;
+    let mut rows = Vec::new();
+    for file in files_of(path)? {
+        let name = file.display().to_string();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&file).with_context(|| format!("cannot open {name}"))?,
+        )
+        .with_context(|| format!("{name}: not a Parquet file"))?
+        .with_batch_size(BATCH)
+        .build()?;
+        let schema = reader.schema();
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        match &headers {
+            None => headers = Some(names.clone()),
+            Some(h) if *h != names => {
+                bail!("{name}: its columns differ from the first file's")
+            }
+            Some(_) => {}
+        }
+        let mut row = 0u64;
+        for batch in reader {
+            let batch = batch.with_context(|| format!("{name}: row {row}: cannot read"))?;
+            let cols = (0..batch.num_columns())
+                .map(|i| {
+                    arrow_cast::cast(batch.column(i), &DataType::Utf8).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{name}: column `{}`: cannot be read as text: {e}",
+                            names[i]
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for r in 0..batch.num_rows() {
+                let mut cells = Vec::with_capacity(cols.len());
+                for (c, col) in cols.iter().enumerate() {
+                    let col = col.as_string::<i32>();
+                    if col.is_null(r) {
+                        bail!("{name}: row {row}: column `{}`: null", names[c]);
+                    }
+                    cells.push(col.value(r).to_string());
+                }
+                rows.push((format!("{name}: row {row}"), cells));
+                row += 1;
+            }
+        }
+    }
+    Ok((headers.unwrap_or_default(), rows))
+}
+
 /// The Parquet files of `path`: the file itself, or every `*.parquet` file
 /// below the directory in path order, skipping names that start with `.`
 /// or `_` (temporary files, manifests). Errors when there are none.
