@@ -272,11 +272,14 @@ pub fn parquet_path(arg: &str) -> Option<PathBuf> {
     None
 }
 
+/// Rows of a table read as text: where each is (for errors), its cells.
+pub type TextRows = Vec<(String, Vec<String>)>;
+
 /// A small Parquet table (a file or a dataset directory) read whole, every
 /// column cast to text: the column names, and each row with where it is
 /// (`file: row R`, for errors) and its cells (a null is an error). For
 /// lookup tables such as `--action-embeddings`, not for logs.
-pub fn string_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(String, Vec<String>)>)> {
+pub fn string_table(path: &Path) -> anyhow::Result<(Vec<String>, TextRows)> {
     let mut headers: Option<Vec<String>> = None;
     let mut rows = Vec::new();
     for file in files_of(path)? {
