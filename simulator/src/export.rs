@@ -286,14 +286,37 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             args.database
         );
     }
+    if !args.default_reward.is_finite() {
+        bail!("--default-reward must be a finite number");
+    }
+    // Each event's reward rule, as `evaluate` would judge it:
+    // `--reward-window` (with `--default-reward`) for every policy, else
+    // the policy file's, else what the source says (an export read again).
+    let fixed = args
+        .reward_window
+        .map(|w| RewardRule::fixed(w, args.default_reward))
+        .transpose()?;
+    let rules = policy_rules(&args.policies)?;
+    let filter = Filter {
+        policy_id: args.policy.clone(),
+        since: args.since,
+        until: args.until,
+        with_time: true,
+    };
     match args.layout() {
-        Layout::Dsjson => run_dsjson(args, &source),
-        Layout::Parquet => run_parquet(args, &source),
+        Layout::Dsjson => run_dsjson(args, &source, &filter, fixed, rules),
+        Layout::Parquet => run_parquet(args, &source, &filter, fixed, rules),
     }
 }
 
 /// Writes the Parquet dataset.
-fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
+fn run_parquet(
+    args: &Args,
+    source: &Source,
+    filter: &Filter,
+    fixed: Option<RewardRule>,
+    rules: HashMap<String, RewardRule>,
+) -> anyhow::Result<Report> {
     if dsjson::is_dsjson(&args.to) {
         bail!(
             "--to {}: a DSJSON file name, but --as parquet writes a directory",
@@ -318,28 +341,9 @@ fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
     }
     let as_of = args.as_of.unwrap_or_else(Utc::now);
     let settle = chrono::Duration::from_std(args.settle).context("--settle out of range")?;
-    let fixed = args
-        .reward_window
-        .map(|w| chrono::Duration::from_std(w).context("--reward-window out of range"))
-        .transpose()?;
-    if !args.default_reward.is_finite() {
-        bail!("--default-reward must be a finite number");
-    }
-    let rules = policy_rules(&args.policies)?;
-    // The rule each row states (`window_closes_at`, `default_reward`), as
-    // `evaluate` would judge it: `--reward-window` (with
-    // `--default-reward`) for every policy, else the policy file's, else
-    // what the source says (an export read again).
-    let rule_of = |rec: &crate::ope::source::LogRecord, policy: &str| -> Option<RewardRule> {
-        match fixed {
-            Some(window) => Some(RewardRule {
-                window,
-                default: args.default_reward,
-                aggregation: None,
-            }),
-            None => rules.get(policy).copied().or(rec.rule),
-        }
-    };
+    // The rule each row states (`window_closes_at`, `default_reward`);
+    // finality is judged per day below, not per event.
+    let windows = Windows::new(fixed, rules, as_of, false, false);
     std::fs::create_dir_all(&args.to)
         .with_context(|| format!("cannot create {}", args.to.display()))?;
     let manifest_path = args.to.join(MANIFEST);
@@ -363,12 +367,6 @@ fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
 
-    let filter = Filter {
-        policy_id: args.policy.clone(),
-        since: args.since,
-        until: args.until,
-        with_time: true,
-    };
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP))
@@ -384,7 +382,7 @@ fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
     let mut open: HashMap<(String, NaiveDate), Open> = HashMap::new();
     let mut skipped: std::collections::HashSet<(String, NaiveDate)> = Default::default();
     let mut unknown_window: BTreeMap<String, u64> = BTreeMap::new();
-    for rec in source.open(&filter, false)? {
+    for rec in source.open(filter, false)? {
         let rec = rec?;
         report.rows_read += 1;
         let policy = rec.policy.clone().ok_or_else(|| {
@@ -399,7 +397,7 @@ fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
             continue;
         }
         if !open.contains_key(&key) {
-            let window = rule_of(&rec, &key.0).map(|r| r.window);
+            let window = windows.rule(&rec).map(|r| r.window);
             let day_end = (date + chrono::Duration::days(1))
                 .and_hms_opt(0, 0, 0)
                 .expect("midnight")
@@ -441,7 +439,7 @@ fn run_parquet(args: &Args, source: &Source) -> anyhow::Result<Report> {
             );
         }
         let part = open.get_mut(&key).expect("opened above");
-        part.batch.push(&rec, rule_of(&rec, &key.0))?;
+        part.batch.push(&rec, windows.rule(&rec))?;
         part.rows += 1;
         part.rewarded += u64::from(rec.reward.is_some());
         if part.batch.len() >= crate::ope::parquet::BATCH {
@@ -520,7 +518,13 @@ fn policy_rules(paths: &[PathBuf]) -> anyhow::Result<HashMap<String, RewardRule>
 }
 
 /// Writes the DSJSON file; see the [module docs](self#dsjson).
-fn run_dsjson(args: &Args, source: &Source) -> anyhow::Result<Report> {
+fn run_dsjson(
+    args: &Args,
+    source: &Source,
+    filter: &Filter,
+    fixed: Option<RewardRule>,
+    rules: HashMap<String, RewardRule>,
+) -> anyhow::Result<Report> {
     if args.to.is_dir() {
         bail!(
             "--to {}: a directory, but --as dsjson writes one file (e.g. log.dsjson, \
@@ -528,29 +532,9 @@ fn run_dsjson(args: &Args, source: &Source) -> anyhow::Result<Report> {
             args.to.display()
         );
     }
-    if !args.default_reward.is_finite() {
-        bail!("--default-reward must be a finite number");
-    }
     let settle = chrono::Duration::from_std(args.settle).context("--settle out of range")?;
-    let fixed = args
-        .reward_window
-        .map(|w| -> anyhow::Result<RewardRule> {
-            Ok(RewardRule {
-                window: chrono::Duration::from_std(w).context("--reward-window out of range")?,
-                default: args.default_reward,
-                aggregation: None,
-            })
-        })
-        .transpose()?;
-    let rules = policy_rules(&args.policies)?;
     let judged_at = args.as_of.unwrap_or_else(Utc::now) - settle;
     let mut windows = Windows::new(fixed, rules, judged_at, false, args.keep_first_rewarded);
-    let filter = Filter {
-        policy_id: args.policy.clone(),
-        since: args.since,
-        until: args.until,
-        with_time: true,
-    };
     let name = args
         .to
         .file_name()
@@ -568,7 +552,7 @@ fn run_dsjson(args: &Args, source: &Source) -> anyhow::Result<Report> {
     };
     let mut d = DsjsonReport::default();
     let mut line = String::new();
-    for rec in source.open(&filter, false)? {
+    for rec in source.open(filter, false)? {
         let rec = rec?;
         report.rows_read += 1;
         if rec.slate.as_ref().is_some_and(|s| s.len() > 1) {

@@ -362,14 +362,10 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
         window::Windows::add_policy_file(&mut rules, p)
             .with_context(|| format!("logging policy file {}", p.display()))?;
     }
-    let fixed_rule = match args.reward_window {
-        Some(w) => Some(window::RewardRule {
-            window: chrono::Duration::from_std(w).context("--reward-window out of range")?,
-            default: args.default_reward,
-            aggregation: None,
-        }),
-        None => None,
-    };
+    let fixed_rule = args
+        .reward_window
+        .map(|w| window::RewardRule::fixed(w, args.default_reward))
+        .transpose()?;
     if !args.default_reward.is_finite() {
         bail!("--default-reward must be a finite number");
     }
@@ -455,7 +451,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     let mut q_buf = Pairs::default();
     let mut elig_buf = Pairs::default();
     let mut index = 0usize;
-    let mut read = 0u64;
+    let mut seen = 0u64;
     let skips = std::sync::Arc::new(source::Skips::default());
     let mut records = prefetch::records(
         source.open_counting(&filter, fitted.is_some(), skips.clone())?,
@@ -468,8 +464,8 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             None => unreachable!("a filled slot"),
         };
         // The bar reads the clock on every update: count in steps.
-        read += 1;
-        if read.is_multiple_of(1024) {
+        seen += 1;
+        if seen.is_multiple_of(1024) {
             bar.inc(1024);
         }
         let Some(reward) = windows.judge(rec) else {
@@ -551,7 +547,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
             }
         }
     }
-    bar.inc(read % 1024);
+    bar.inc(seen % 1024);
     bar.finish_and_clear();
 
     let mut warnings = windows.warnings();

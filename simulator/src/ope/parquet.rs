@@ -277,53 +277,38 @@ pub type TextRows = Vec<(String, Vec<String>)>;
 
 /// A small Parquet table (a file or a dataset directory) read whole, every
 /// column cast to text: the column names, and each row with where it is
-/// (`file: row R`, for errors) and its cells (a null is an error). For
-/// lookup tables such as `--action-embeddings`, not for logs.
+/// (`file: row group G, row R`, for errors) and its cells (a null is an
+/// error). For lookup tables such as `--action-embeddings`, not for logs.
 pub fn string_table(path: &Path) -> anyhow::Result<(Vec<String>, TextRows)> {
     let mut headers: Option<Vec<String>> = None;
     let mut rows = Vec::new();
     for file in files_of(path)? {
-        let name = file.display().to_string();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(
-            File::open(&file).with_context(|| format!("cannot open {name}"))?,
-        )
-        .with_context(|| format!("{name}: not a Parquet file"))?
-        .with_batch_size(BATCH)
-        .build()?;
-        let schema = reader.schema();
+        let (mut t, schema) = Table::open(&file, |s| Ok((0..s.fields().len()).collect()))?;
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         match &headers {
             None => headers = Some(names.clone()),
             Some(h) if *h != names => {
-                bail!("{name}: its columns differ from the first file's")
+                bail!("{}: its columns differ from the first file's", t.name)
             }
             Some(_) => {}
         }
-        let mut row = 0u64;
-        for batch in reader {
-            let batch = batch.with_context(|| format!("{name}: row {row}: cannot read"))?;
-            let cols = (0..batch.num_columns())
-                .map(|i| {
-                    arrow_cast::cast(batch.column(i), &DataType::Utf8).map_err(|e| {
-                        anyhow::anyhow!(
-                            "{name}: column `{}`: cannot be read as text: {e}",
-                            names[i]
-                        )
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            for r in 0..batch.num_rows() {
-                let mut cells = Vec::with_capacity(cols.len());
-                for (c, col) in cols.iter().enumerate() {
-                    let col = col.as_string::<i32>();
-                    if col.is_null(r) {
-                        bail!("{name}: row {row}: column `{}`: null", names[c]);
-                    }
-                    cells.push(col.value(r).to_string());
-                }
-                rows.push((format!("{name}: row {row}"), cells));
-                row += 1;
+        let mut cols = Vec::new();
+        while t.advance()? {
+            if t.fresh() {
+                cols = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| Ok(t.column(i, n, &DataType::Utf8)?.as_string::<i32>().clone()))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
             }
+            let mut cells = Vec::with_capacity(cols.len());
+            for (col, n) in cols.iter().zip(&names) {
+                if col.is_null(t.at) {
+                    bail!("{}: {}: column `{n}`: null", t.name, t.where_());
+                }
+                cells.push(col.value(t.at).to_string());
+            }
+            rows.push((format!("{}: {}", t.name, t.where_()), cells));
         }
     }
     Ok((headers.unwrap_or_default(), rows))
@@ -1289,8 +1274,7 @@ impl EventParquet {
     fn id_is(&self, id: &str) -> anyhow::Result<bool> {
         let t = self.table.as_ref().expect("a table");
         match self.ids.as_ref().expect("cast").get(t.at) {
-            Some(IdRef::Str(s)) => Ok(s == id),
-            Some(IdRef::Int(i)) => Ok(itoa::Buffer::new().format(i) == id),
+            Some(cell) => Ok(cell.text(&mut itoa::Buffer::new()) == id),
             None => bail!("{}: the event id is null", self.where_()),
         }
     }
@@ -1321,7 +1305,7 @@ impl EventParquet {
         match self.ids.as_ref().expect("cast").get(t.at) {
             Some(id) => {
                 self.group_id.clear();
-                id.write_to(&mut self.group_id);
+                self.group_id.push_str(id.text(&mut itoa::Buffer::new()));
             }
             None => bail!("{}: the event id is null", self.where_()),
         }
@@ -1351,8 +1335,7 @@ impl EventParquet {
             })?;
             let t = self.table.as_ref().expect("a table");
             match self.actions.as_ref().expect("long layout").get(t.at) {
-                Some(IdRef::Str(a)) => self.group.push(a, v),
-                Some(IdRef::Int(a)) => self.group.push(itoa::Buffer::new().format(a), v),
+                Some(a) => self.group.push(a.text(&mut itoa::Buffer::new()), v),
                 None => bail!("{}: column `action`: null", self.where_()),
             }
             self.pending = false;
@@ -1404,11 +1387,15 @@ impl Ids {
     }
 }
 
-impl IdRef<'_> {
-    fn write_to(&self, out: &mut String) {
-        match self {
-            IdRef::Str(s) => out.push_str(s),
-            IdRef::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+impl<'a> IdRef<'a> {
+    /// The id as text (an integer written into `buf`).
+    fn text<'b>(&self, buf: &'b mut itoa::Buffer) -> &'b str
+    where
+        'a: 'b,
+    {
+        match *self {
+            IdRef::Str(s) => s,
+            IdRef::Int(i) => buf.format(i),
         }
     }
 }

@@ -22,6 +22,17 @@ pub const BATCH: usize = 1024;
 /// Batches in flight per input.
 pub const DEPTH: usize = 4;
 
+/// What a fill did to its slot.
+pub enum Fill {
+    /// Put the next item there.
+    Item,
+    /// Put the item that ends the stream there (an error): it is lent,
+    /// and nothing is read after it.
+    Last,
+    /// Nothing: the input has ended.
+    End,
+}
+
 /// A batch of slots, `len` of them filled. Slots travel back to the
 /// producer with their contents, which it overwrites in place: buffers are
 /// reused, and whatever is freed is freed by the thread that allocated it
@@ -33,7 +44,7 @@ struct Batch<T> {
 
 enum Mode<T> {
     /// Filled on this thread, one slot at a time (`--inline-read`).
-    Inline(Box<dyn FnMut(&mut T) -> bool + Send>),
+    Inline(Box<dyn FnMut(&mut T) -> Fill + Send>),
     /// Filled by a reader thread.
     Thread {
         rx: Receiver<Batch<T>>,
@@ -55,16 +66,12 @@ pub struct Prefetch<T: Default + Send + 'static> {
 
 impl<T: Default + Send + 'static> Prefetch<T> {
     /// Reads with `fill` (which overwrites a slot with the next item and
-    /// says whether there was one) on a thread named `name`, or on this
-    /// thread when `inline`.
+    /// says what it did) on a thread named `name`, or on this thread when
+    /// `inline`.
     pub fn spawn<F>(name: &str, inline: bool, fill: F) -> Prefetch<T>
     where
-        F: FnMut(&mut T) -> bool + Send + 'static,
+        F: FnMut(&mut T) -> Fill + Send + 'static,
     {
-        let empty = Batch {
-            items: Vec::new(),
-            len: 0,
-        };
         if inline {
             return Prefetch {
                 mode: Mode::Inline(Box::new(fill)),
@@ -87,10 +94,17 @@ impl<T: Default + Send + 'static> Prefetch<T> {
                         len: 0,
                     });
                     batch.len = 0;
-                    while batch.len < BATCH && fill(&mut batch.items[batch.len]) {
-                        batch.len += 1;
+                    let mut done = false;
+                    while !done && batch.len < BATCH {
+                        match fill(&mut batch.items[batch.len]) {
+                            Fill::Item => batch.len += 1,
+                            Fill::Last => {
+                                batch.len += 1;
+                                done = true;
+                            }
+                            Fill::End => done = true,
+                        }
                     }
-                    let done = batch.len < BATCH;
                     // A closed channel: the consumer stopped (an error, or
                     // it needs no more); stop reading.
                     if (batch.len > 0 && tx.send(batch).is_err()) || done {
@@ -105,7 +119,10 @@ impl<T: Default + Send + 'static> Prefetch<T> {
                 recycle,
                 handle: Some(handle),
             },
-            cur: empty,
+            cur: Batch {
+                items: Vec::new(),
+                len: 0,
+            },
             at: 0,
         }
     }
@@ -115,13 +132,17 @@ impl<T: Default + Send + 'static> Prefetch<T> {
     pub fn next_mut(&mut self) -> Option<&mut T> {
         if self.at == self.cur.len {
             match &mut self.mode {
-                Mode::Inline(fill) => {
-                    if !fill(&mut self.cur.items[0]) {
+                Mode::Inline(fill) => match fill(&mut self.cur.items[0]) {
+                    Fill::Item => self.cur.len = 1,
+                    Fill::Last => {
+                        self.cur.len = 1;
+                        self.mode = Mode::Done;
+                    }
+                    Fill::End => {
                         self.mode = Mode::Done;
                         return None;
                     }
-                    self.cur.len = 1;
-                }
+                },
                 Mode::Thread {
                     rx,
                     recycle,
@@ -151,9 +172,7 @@ impl<T: Default + Send + 'static> Prefetch<T> {
         self.at += 1;
         Some(&mut self.cur.items[self.at - 1])
     }
-}
 
-impl<T: Default + Send + 'static> Prefetch<T> {
     /// The item lent last by [`Prefetch::next_mut`], if any.
     pub fn current(&self) -> Option<&T> {
         self.at.checked_sub(1).map(|i| &self.cur.items[i])
@@ -166,14 +185,13 @@ pub fn records(
     mut iter: Box<dyn Iterator<Item = anyhow::Result<super::source::LogRecord>> + Send>,
     inline: bool,
 ) -> Prefetch<Option<anyhow::Result<super::source::LogRecord>>> {
-    let mut failed = false;
     Prefetch::spawn("log", inline, move |slot| {
-        if failed {
-            return false;
-        }
         *slot = iter.next();
-        failed = matches!(slot, Some(Err(_)));
-        slot.is_some()
+        match slot {
+            Some(Ok(_)) => Fill::Item,
+            Some(Err(_)) => Fill::Last,
+            None => Fill::End,
+        }
     })
 }
 
@@ -199,27 +217,20 @@ impl PrefetchedGroups {
     /// Starts reading `inner` on a thread named after its file.
     pub(crate) fn spawn(mut inner: Box<dyn Groups + Send>) -> PrefetchedGroups {
         let file = inner.file().to_path_buf();
-        let mut failed = false;
-        let fill = move |slot: &mut Group| {
-            if failed {
-                return false;
+        let fill = move |slot: &mut Group| match inner.next_group() {
+            Ok(true) => {
+                let (id, at, pairs) = inner.group();
+                slot.id.clear();
+                slot.id.push_str(id);
+                slot.at = at;
+                slot.pairs.copy_from(pairs);
+                slot.error = None;
+                Fill::Item
             }
-            match inner.next_group() {
-                Ok(true) => {
-                    let (id, at, pairs) = inner.group();
-                    slot.id.clear();
-                    slot.id.push_str(id);
-                    slot.at = at;
-                    slot.pairs.copy_from(pairs);
-                    slot.error = None;
-                    true
-                }
-                Ok(false) => false,
-                Err(e) => {
-                    failed = true;
-                    slot.error = Some(e);
-                    true
-                }
+            Ok(false) => Fill::End,
+            Err(e) => {
+                slot.error = Some(e);
+                Fill::Last
             }
         };
         let name = file

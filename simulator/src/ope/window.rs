@@ -48,6 +48,16 @@ pub struct RewardRule {
 }
 
 impl RewardRule {
+    /// The rule `--reward-window` (with `--default-reward`) sets for every
+    /// event: how several rewards combine is then unknown.
+    pub fn fixed(window: std::time::Duration, default: f64) -> anyhow::Result<RewardRule> {
+        Ok(RewardRule {
+            window: chrono::Duration::from_std(window).context("--reward-window out of range")?,
+            default,
+            aggregation: None,
+        })
+    }
+
     /// The rule of a policy spec.
     pub fn of_spec(spec: &nudge::policy::PolicySpec) -> anyhow::Result<RewardRule> {
         Ok(RewardRule {
@@ -151,7 +161,9 @@ impl Windows {
         self.rule(rec).map_or(0.0, |r| r.default)
     }
 
-    fn rule(&self, rec: &LogRecord) -> Option<RewardRule> {
+    /// The rule for `rec`: the fixed one, else its policy's, else the one
+    /// the log states for it.
+    pub fn rule(&self, rec: &LogRecord) -> Option<RewardRule> {
         self.fixed
             .or_else(|| {
                 rec.policy
