@@ -66,6 +66,11 @@ pub struct Metrics {
     pub log_queue_depth: IntGauge,
     /// `nudge_log_spool_bytes`.
     pub log_spool_bytes: IntGauge,
+    /// The published policy set this replica serves.
+    pub policy_generation: IntGauge,
+    /// A published policy set this replica did not switch to (its files
+    /// differ or are invalid); 0 when it serves the last one.
+    pub policy_reload_mismatch: IntGauge,
 }
 
 impl Metrics {
@@ -180,6 +185,14 @@ impl Metrics {
             ),
             log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
             log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),
+            policy_generation: gauge(
+                "nudge_policy_generation",
+                "Generation of the published policy set this replica serves",
+            ),
+            policy_reload_mismatch: gauge(
+                "nudge_policy_reload_mismatch",
+                "Generation of a published policy set this replica's files do not match (0: none)",
+            ),
             latency,
             model_version,
             registry,

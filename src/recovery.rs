@@ -214,7 +214,7 @@ async fn runtime_of(
             None => return Ok(None),
         },
     };
-    Ok(state.policies.get(&id).cloned())
+    Ok(state.policies.load().live.get(&id).cloned())
 }
 
 async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
@@ -224,7 +224,7 @@ async fn apply(state: &AppState, op: &Op) -> Result<Applied, StoreError> {
             event,
             now_ms,
         } => {
-            let Some(rt) = state.policies.get(policy) else {
+            let Some(rt) = state.policies.load().live.get(policy).cloned() else {
                 return Ok(Applied::Rejected("unknown_policy"));
             };
             // `Existing` means it was stored already (a replay): fine.

@@ -9,10 +9,11 @@
 use crate::log::{DecisionLog, LogRecord, RewardRow};
 use crate::metrics::Metrics;
 use crate::model::{LinearModel, codec};
-use crate::policy::{Aggregation, Policy};
+use crate::policy::{Aggregation, Followed, Learning, Policy};
 use crate::store::{Cursor, RewardRules, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -24,6 +25,34 @@ struct SyncState {
     /// Entries folded since the last snapshot this replica saved or loaded.
     unsaved: u64,
     last_snapshot: Instant,
+    /// Rewards folded by this runtime (since it started or was reloaded):
+    /// count, sum, sum of squares.
+    folded: (u64, f64, f64),
+}
+
+/// Apprentice mode, on this replica: how often the policy's own draw was
+/// the caller's choice.
+#[derive(Debug, Default)]
+pub struct ApprenticeStats {
+    /// Decisions followed.
+    pub decisions: AtomicU64,
+    /// Of those, where the policy's own draw was the caller's choice.
+    pub agreed: AtomicU64,
+    /// Sum of the probabilities the policy gave the caller's choice, in
+    /// units of 1e-9 (an integer, so concurrent decisions add exactly).
+    pub probability_nanos: AtomicU64,
+}
+
+impl ApprenticeStats {
+    /// Counts one followed decision.
+    pub fn note(&self, f: Followed) {
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        if f.agreed {
+            self.agreed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.probability_nanos
+            .fetch_add((f.probability * 1e9).round() as u64, Ordering::Relaxed);
+    }
 }
 
 /// One policy, live.
@@ -33,7 +62,12 @@ pub struct PolicyRuntime {
     /// Its reward rules, as the store needs them.
     pub rules: RewardRules,
     model: ArcSwap<LinearModel>,
+    /// `logging_only`: the model decisions are made with, fixed when the
+    /// mode took effect (the first sync that reached the store).
+    frozen: arc_swap::ArcSwapOption<LinearModel>,
     sync: Mutex<SyncState>,
+    /// Apprentice mode's agreement counts (this replica).
+    pub apprentice: ApprenticeStats,
 }
 
 /// Why a sync failed.
@@ -59,13 +93,42 @@ impl PolicyRuntime {
             policy,
             rules,
             model,
+            frozen: arc_swap::ArcSwapOption::empty(),
             sync: Mutex::new(SyncState {
                 epoch: None,
                 cursor: Cursor::default(),
                 unsaved: 0,
                 last_snapshot: Instant::now(),
+                folded: (0, 0.0, 0.0),
             }),
+            apprentice: ApprenticeStats::default(),
         }
+    }
+
+    /// A runtime for a reloaded `policy` whose layout is `old`'s
+    /// ([`crate::policy::PolicySpec::same_layout`]): it keeps `old`'s
+    /// model and its place in the learned stream, so nothing learned is
+    /// lost or folded twice.
+    pub async fn carry(policy: Policy, retention: Duration, old: &PolicyRuntime) -> Self {
+        let rt = PolicyRuntime::new(policy, retention);
+        {
+            let from = old.sync.lock().await;
+            let mut to = rt.sync.lock().await;
+            to.epoch = from.epoch;
+            to.cursor = from.cursor.clone();
+            to.unsaved = from.unsaved;
+            rt.model.store(old.model.load_full());
+            if rt.policy.spec().learning == Learning::LoggingOnly && to.epoch.is_some() {
+                // Staying in (or entering) logging_only keeps the model
+                // decisions were made with, if there was one.
+                let fixed = old
+                    .frozen
+                    .load_full()
+                    .unwrap_or_else(|| old.model.load_full());
+                rt.frozen.store(Some(fixed));
+            }
+        }
+        rt
     }
 
     /// The policy id.
@@ -73,9 +136,37 @@ impl PolicyRuntime {
         self.policy.id()
     }
 
-    /// The current local model (cheap: an `Arc` clone).
+    /// The current local model (cheap: an `Arc` clone): what learning
+    /// has reached.
     pub fn model(&self) -> Arc<LinearModel> {
         self.model.load_full()
+    }
+
+    /// The model decisions are made with: the current one, or in
+    /// `logging_only` mode the one fixed when the mode took effect.
+    pub fn decision_model(&self) -> Arc<LinearModel> {
+        match self.policy.spec().learning {
+            Learning::LoggingOnly => self
+                .frozen
+                .load_full()
+                .unwrap_or_else(|| self.model.load_full()),
+            _ => self.model.load_full(),
+        }
+    }
+
+    /// Rewards this runtime folded since it started (or was reloaded):
+    /// count, mean and the mean's standard error (`None` below 2).
+    pub async fn folded(&self) -> (u64, Option<f64>, Option<f64>) {
+        let (n, sum, sq) = self.sync.lock().await.folded;
+        if n == 0 {
+            return (0, None, None);
+        }
+        let mean = sum / n as f64;
+        let se = (n > 1).then(|| {
+            let var = ((sq - sum * mean) / (n - 1) as f64).max(0.0);
+            (var / n as f64).sqrt()
+        });
+        (n, Some(mean), se)
     }
 
     /// Folds everything new in the store into the local model; returns how
@@ -89,12 +180,20 @@ impl PolicyRuntime {
             let batch = store.sync(self.id(), st.epoch, &st.cursor, BATCH).await?;
             let mut model = match batch.snapshot {
                 Some(snap) => {
+                    if st.epoch.is_some_and(|e| e != batch.epoch) {
+                        // A reset: a logging_only policy fixes the reset
+                        // model instead.
+                        self.frozen.store(None);
+                    }
                     st.cursor = snap.cursor;
                     st.epoch = Some(batch.epoch);
                     st.unsaved = 0;
                     self.load_snapshot(snap.blob.as_deref(), metrics)
                 }
-                None if batch.entries.is_empty() => return Ok(applied),
+                None if batch.entries.is_empty() => {
+                    self.freeze_once();
+                    return Ok(applied);
+                }
                 None => (*self.model.load_full()).clone(),
             };
             let n = batch.entries.len();
@@ -108,12 +207,24 @@ impl PolicyRuntime {
                 }
                 st.cursor.advance(usize::from(e.shard), e.id);
                 st.unsaved += 1;
+                st.folded.0 += 1;
+                st.folded.1 += e.reward;
+                st.folded.2 += e.reward * e.reward;
                 applied += 1;
             }
             self.model.store(Arc::new(model));
             if n < BATCH {
+                self.freeze_once();
                 return Ok(applied);
             }
+        }
+    }
+
+    /// `logging_only`: fixes the decision model at the first sync that
+    /// reached the store (before it, decisions use the prior, degraded).
+    fn freeze_once(&self) {
+        if self.policy.spec().learning == Learning::LoggingOnly && self.frozen.load().is_none() {
+            self.frozen.store(Some(self.model.load_full()));
         }
     }
 

@@ -107,7 +107,13 @@ impl Application {
             .map_err(|e| StartupError::Log(format!("outbox: {e}")))?;
         let metrics = Metrics::new();
         let state = web::Data::new(AppState {
-            policies,
+            policies: arc_swap::ArcSwap::from_pointee(crate::service::PolicySet {
+                generation: 0,
+                live: policies,
+                removed: Default::default(),
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+            reload_mismatch: std::sync::Mutex::new(None),
             store,
             log,
             metrics,
@@ -122,10 +128,15 @@ impl Application {
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
-        for rt in state.policies.values() {
+        for rt in state.policies.load_full().live.values() {
             let synced = rt.sync(&state.store, &state.metrics).await;
             state.store_result("sync", &synced);
         }
+        // Take (or publish) the deployment's policy set generation, so a
+        // reload on any replica reaches this one (best effort, as above:
+        // the learner retries while the store is down).
+        let adopted = crate::service::reload::adopt(&state).await;
+        state.store_result("policy_set", &adopted);
 
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?;
@@ -172,6 +183,7 @@ impl Application {
 
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
+            tokio::spawn(reload_on_hangup(state.clone(), stopped.clone())),
             tokio::spawn(learner(state.clone(), stopped.clone())),
             tokio::spawn(sweeper(state.clone(), stopped.clone())),
             tokio::spawn(replayer(state.clone(), stopped)),
@@ -179,7 +191,7 @@ impl Application {
         tracing::info!(
             port,
             store = state.store.kind(),
-            policies = state.policies.len(),
+            policies = state.policies.load().live.len(),
             "nudge listening"
         );
         Ok(Application {
@@ -217,7 +229,7 @@ impl Application {
         for t in self.tasks {
             let _ = t.await;
         }
-        for rt in self.state.policies.values() {
+        for rt in self.state.policies.load_full().live.values() {
             let _ = rt.sync(&self.state.store, &self.state.metrics).await;
             let _ = rt.snapshot(&self.state.store, Duration::ZERO, true).await;
         }
@@ -256,6 +268,27 @@ async fn stop_on_signal(state: web::Data<AppState>, server: ServerHandle, drain:
     server.stop(true).await;
 }
 
+/// On SIGHUP: reloads the policy files (as `POST /v1/policies/reload`).
+async fn reload_on_hangup(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.changed() => return,
+        }
+        match crate::service::reload::reload(&state).await {
+            Ok(report) => {
+                tracing::info!(generation = report.generation, "SIGHUP: policies reloaded")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; nothing changed"),
+        }
+    }
+}
+
 /// Folds learned rewards into every local model every `sync_ms`, and saves
 /// snapshots every `snapshot_ms`.
 async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
@@ -268,7 +301,17 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        for rt in state.policies.values() {
+        if state.policies.load().generation == 0 {
+            // The start could not reach the store: adopt now.
+            let adopted = crate::service::reload::adopt(&state).await;
+            state.store_result("policy_set", &adopted);
+        } else {
+            let followed = crate::service::reload::follow(&state).await;
+            if followed.is_err() {
+                state.store_result("policy_set", &followed);
+            }
+        }
+        for rt in state.policies.load_full().live.values() {
             let synced = rt.sync(&state.store, &state.metrics).await;
             if synced.is_err() {
                 state.store_result("sync", &synced);
@@ -364,7 +407,7 @@ async fn sweeper(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         }
-        for rt in state.policies.values() {
+        for rt in state.policies.load_full().live.values() {
             let swept = rt.sweep(&state.store, &state.log, &state.metrics).await;
             if swept.is_err() {
                 state.store_result("sweep", &swept);

@@ -115,6 +115,7 @@ pub const ROUTE_ROLES: &[(&str, Role)] = &[
     ("/v1/reward", Role::Decide),
     ("/v1/events/{event_id}/activate", Role::Decide),
     ("/v1/policies", Role::Read),
+    ("/v1/policies/reload", Role::Admin),
     ("/v1/policies/{id}", Role::Read),
     ("/v1/policies/{id}/snapshot", Role::Read),
     ("/v1/policies/{id}/reset", Role::Admin),

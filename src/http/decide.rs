@@ -70,6 +70,16 @@ pub struct DecideBody {
     /// `timezone`.
     #[schema(pattern = r"^[A-Za-z0-9_.+/-]+$", min_length = 1, max_length = 64)]
     pub timezone: Option<String>,
+    /// The caller's own choice (an arm, or an id in `actions`), for a
+    /// policy in `apprentice` mode: Nudge answers with it (probability 1),
+    /// logs and learns from it, and counts how often its own draw agreed.
+    /// Required by apprentice policies (400 `invalid_field` without it),
+    /// ignored by the others, so a caller keeps sending it when its policy
+    /// switches to `online`. It must be eligible (not in `excluded`, not
+    /// excluded by the guardrails; else 422 `default_action_ineligible`),
+    /// and `k` must be 1.
+    #[schema(value_type = Option<ActionId>)]
+    pub default_action: Option<String>,
 }
 
 fn empty_object() -> Box<RawValue> {
@@ -139,6 +149,7 @@ fn check_action_id(id: &str, field: String) -> Result<(), ApiError> {
             history feature sent in `context`",
             body = super::error::ErrorBody),
         (status = 404, description = "`unknown_policy`: no loaded policy has this id", body = super::error::ErrorBody),
+        (status = 422, description = "`default_action_ineligible`: an apprentice policy's `default_action` is excluded (by the caller or a guardrail, named in the message)", body = super::error::ErrorBody),
         (status = 409, description = "`event_id_taken`: another policy decided this `event_id` (rewards name only the event, so ids are unique across policies)", body = super::error::ErrorBody),
         (status = 413, description = "`body_too_large`: over `NUDGE_MAX_BODY_BYTES`", body = super::error::ErrorBody),
         (status = 500, description = "`internal`: the model does not fit its policy (a bug, never the request's fault)", body = super::error::ErrorBody),
@@ -152,7 +163,7 @@ pub async fn decide(
     let body = read_body(payload, state.settings.max_body_bytes).await?;
     let body: DecideBody = parse_json(&body)?;
     let context: Features = parse_field(body.context.get(), "context")?;
-    let runtime = state.policy(&body.policy, "policy")?.clone();
+    let runtime = state.policy(&body.policy, "policy")?;
     let event_id = match body.event_id {
         Some(id) => {
             check_event_id(&id, "event_id")?;
@@ -219,6 +230,7 @@ pub async fn decide(
         user,
         timezone,
         now: state.clock.now(),
+        default_action: body.default_action,
     };
     let response = service::decide::decide(&state, input)
         .await
@@ -239,6 +251,14 @@ fn decide_failure(e: DecideFailure) -> ApiError {
         e @ DecideFailure::EventIdTaken(_) => ApiError {
             field: e.field(),
             ..ApiError::new(StatusCode::CONFLICT, "event_id_taken", e.to_string())
+        },
+        e @ DecideFailure::DefaultIneligible { .. } => ApiError {
+            field: e.field(),
+            ..ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "default_action_ineligible",
+                e.to_string(),
+            )
         },
         other => ApiError {
             field: other.field(),

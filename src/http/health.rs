@@ -48,6 +48,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             state.log.spool_bytes()
         ));
     }
+    let mismatch = state.reload_mismatch.lock().expect("not poisoned").clone();
+    if let Some(why) = &mismatch {
+        reasons.push(format!(
+            "not serving the published policy set ({why}); serving generation {}",
+            state.policies.load().generation
+        ));
+    }
     let status = if reasons.is_empty() {
         "ready"
     } else {
@@ -63,6 +70,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "log_ok": state.log.db_healthy(),
         "log_queue": state.log.queue_depth(),
         "log_spool_bytes": state.log.spool_bytes(),
+        "policy_generation": state.policies.load().generation,
+        "policy_mismatch": mismatch,
     }))
 }
 
@@ -74,7 +83,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.outbox_depth.set(state.outbox.len() as i64);
     m.outbox_parked.set(state.outbox.parked_len() as i64);
     m.log_spool_bytes.set(state.log.spool_bytes() as i64);
-    for (id, rt) in &state.policies {
+    for (id, rt) in &state.policies.load().live {
         m.model_version
             .with_label_values(&[id])
             .set(rt.model().version() as i64);

@@ -27,16 +27,31 @@ impl AppState {
     /// The runtime of `id`, or 404 `unknown_policy` naming `field`; an id
     /// that no policy file could have (not 1 to 64 characters of
     /// `[A-Za-z0-9_.-]`) is 400 `invalid_policy_id`, and is never echoed.
-    pub fn policy(&self, id: &str, field: &str) -> Result<&Arc<PolicyRuntime>, ApiError> {
+    ///
+    /// A policy a reload removed is 410 `policy_removed`.
+    pub fn policy(&self, id: &str, field: &str) -> Result<Arc<PolicyRuntime>, ApiError> {
         check_policy_id(id, field)?;
-        self.policies.get(id).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_policy",
-                format!("no policy {id:?}"),
+        let set = self.policies.load();
+        if let Some(rt) = set.live.get(id) {
+            return Ok(rt.clone());
+        }
+        if set.removed.contains(id) {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "policy_removed",
+                format!(
+                    "policy {id:?} was removed by a policy reload (generation {})",
+                    set.generation
+                ),
             )
-            .at(field)
-        })
+            .at(field));
+        }
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_policy",
+            format!("no policy {id:?}"),
+        )
+        .at(field))
     }
 }
 
@@ -251,6 +266,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(guarded(
         "/v1/policies",
         vec![(Method::GET, web::to(policies::list))],
+    ))
+    // Before `/v1/policies/{id}`, which would match it too.
+    .service(guarded(
+        "/v1/policies/reload",
+        vec![(Method::POST, web::to(policies::reload))],
     ))
     .service(guarded(
         "/v1/policies/{id}",

@@ -50,6 +50,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         policies::describe,
         policies::snapshot,
         policies::reset,
+        policies::reload,
         health::healthz,
         health::readyz,
         health::metrics,

@@ -18,9 +18,35 @@ fn summary(rt: &PolicyRuntime) -> Value {
         "description": spec.description,
         "algorithm": spec.algorithm.name(),
         "mode": spec.mode.name(),
+        "learning": spec.learning.name(),
         "arms": spec.arms,
         "dimension": spec.features.dim(),
         "model_version": rt.model().version(),
+        "decision_model_version": rt.decision_model().version(),
+    })
+}
+
+/// Apprentice mode's report: how often the policy's own draw agreed with
+/// the caller's choice (this replica), and the caller's observed value
+/// (the rewards this replica folded since it loaded the policy, with a
+/// normal 95% interval on their mean).
+async fn apprentice(rt: &PolicyRuntime) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = &rt.apprentice;
+    let n = a.decisions.load(Relaxed);
+    let agreed = a.agreed.load(Relaxed);
+    let p = a.probability_nanos.load(Relaxed) as f64 * 1e-9;
+    let (rewards, mean, se) = rt.folded().await;
+    json!({
+        "decisions": n,
+        "agreed": agreed,
+        "agreement": (n > 0).then(|| agreed as f64 / n as f64),
+        "mean_probability_of_default": (n > 0).then(|| p / n as f64),
+        "default_value": {
+            "rewards": rewards,
+            "mean": mean,
+            "ci95": mean.zip(se).map(|(m, se)| [m - 1.96 * se, m + 1.96 * se]),
+        },
     })
 }
 
@@ -50,7 +76,13 @@ fn feature(side: &str, f: &FeatureDef) -> Value {
     (status = 200, description = "`{\"policies\": [...]}`: every loaded policy with its model version", content_type = "application/json"),
 ))]
 pub async fn list(state: web::Data<AppState>) -> HttpResponse {
-    let all: Vec<Value> = state.policies.values().map(|rt| summary(rt)).collect();
+    let all: Vec<Value> = state
+        .policies
+        .load()
+        .live
+        .values()
+        .map(|rt| summary(rt))
+        .collect();
     HttpResponse::Ok().json(json!({ "policies": all }))
 }
 
@@ -58,10 +90,19 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 /// see folded in first (so a caller sees its own rewards), and whether that
 /// sync reached the store.
 async fn synced(state: &AppState, id: &str) -> Result<(Arc<PolicyRuntime>, bool), ApiError> {
-    let rt = state.policy(id, "id")?.clone();
+    let rt = state.policy(id, "id")?;
     let synced = rt.sync(&state.store, &state.metrics).await;
     state.store_result("sync", &synced);
     Ok((rt, synced.is_ok()))
+}
+
+/// `?version=N`: a kept snapshot instead of the live model.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    /// The snapshot a reload kept when it replaced version `N` of the
+    /// policy with a new layout (absent: the live model).
+    pub version: Option<u32>,
 }
 
 /// The model's sufficient statistics as a snapshot blob (the versioned
@@ -71,9 +112,10 @@ async fn synced(state: &AppState, id: &str) -> Result<(Arc<PolicyRuntime>, bool)
 #[utoipa::path(
     get,
     path = "/v1/policies/{id}/snapshot",
-    params(("id" = PolicyId, Path, description = "Policy id")),
+    params(("id" = PolicyId, Path, description = "Policy id"), SnapshotQuery),
     responses(
         (status = 200, description = "NDGM snapshot blob", content_type = "application/octet-stream"),
+        (status = 404, description = "`unknown_snapshot`: no kept snapshot of that version", body = super::error::ErrorBody),
         (status = 400, description = "`invalid_policy_id`: not 1 to 64 characters of `[A-Za-z0-9_.-]`", body = super::error::ErrorBody),
         (status = 404, description = "`unknown_policy`", body = super::error::ErrorBody),
     )
@@ -81,7 +123,38 @@ async fn synced(state: &AppState, id: &str) -> Result<(Arc<PolicyRuntime>, bool)
 pub async fn snapshot(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<SnapshotQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::field(
+            "invalid_field",
+            "version",
+            format!("expected ?version=N, a policy version: {e}"),
+        )
+    })?;
+    if let Some(version) = query.version {
+        super::check_policy_id(&path, "id")?;
+        let kept = state.store.kept_snapshot(&path, version).await;
+        state.store_result("kept_snapshot", &kept);
+        let Some(blob) = kept.map_err(super::unavailable)? else {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "unknown_snapshot",
+                format!(
+                    "no kept snapshot of policy {:?} version {version}",
+                    path.as_str()
+                ),
+            )
+            .at("version"));
+        };
+        return Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header((
+                "Content-Disposition",
+                format!("attachment; filename=\"{}-v{version}.ndgm\"", path.as_str()),
+            ))
+            .body(blob));
+    }
     let (rt, _) = synced(&state, &path).await?;
     let model = rt.model();
     Ok(HttpResponse::Ok()
@@ -151,6 +224,10 @@ pub async fn describe(
     out["stats"] = json!(arms);
     out["pending_events"] = json!(pending.ok());
     out["store_synced"] = json!(synced);
+    out["policy_generation"] = json!(state.policies.load().generation);
+    if spec.learning == crate::policy::Learning::Apprentice {
+        out["apprentice"] = apprentice(&rt).await;
+    }
     Ok(HttpResponse::Ok().json(out))
 }
 
@@ -172,10 +249,57 @@ pub async fn reset(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rt = state.policy(&path, "id")?.clone();
+    let rt = state.policy(&path, "id")?;
     let done = rt.reset(&state.store, &state.metrics).await;
     state.store_result("reset", &done);
     done.map_err(super::unavailable)?;
     tracing::info!(policy = rt.id(), "model reset");
     Ok(HttpResponse::Ok().json(json!({ "id": rt.id(), "model_version": rt.model().version() })))
+}
+
+/// `POST /v1/policies/reload` (admin; SIGHUP does the same): reads the
+/// policy files again and switches every replica to them (see
+/// [`crate::service::reload`]). Invalid files change nothing (422 with
+/// `nudge check`'s messages).
+#[utoipa::path(
+    post,
+    path = "/v1/policies/reload",
+    responses(
+        (status = 200, description = "`{\"generation\", \"policies\": [{\"id\", \"change\": \"unchanged\"|\"kept\"|\"fresh\"|\"new\"|\"removed\", \"from_version\", \"to_version\"}]}`", content_type = "application/json"),
+        (status = 422, description = "`invalid_policy_files`: `errors` lists each `{file, key, message}`; nothing changed", body = super::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`: nothing was published; retry", body = super::error::ErrorBody),
+    )
+)]
+pub async fn reload(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    use crate::service::reload::{ReloadError, reload};
+    match reload(&state).await {
+        Ok(report) => Ok(HttpResponse::Ok().json(report)),
+        Err(ReloadError::Store(e)) => {
+            state.store_result("reload", &Err::<(), _>(&e));
+            Err(super::unavailable(e))
+        }
+        Err(ReloadError::Invalid(errors)) => {
+            let listed: Vec<Value> = errors
+                .iter()
+                .map(|e| json!({"file": e.file.display().to_string(), "key": e.key, "message": e.message}))
+                .collect();
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            Ok(HttpResponse::UnprocessableEntity().json(json!({
+                "error": {
+                    "code": "invalid_policy_files",
+                    "message": format!("nothing changed: {message}"),
+                    "errors": listed,
+                }
+            })))
+        }
+        Err(e @ ReloadError::Empty(_)) => Err(ApiError::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy_files",
+            format!("nothing changed: {e}"),
+        )),
+    }
 }

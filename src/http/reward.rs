@@ -79,7 +79,7 @@ async fn resolve(
     named: Option<&str>,
 ) -> Result<Option<Arc<PolicyRuntime>>, ApiError> {
     if let Some(p) = named {
-        return state.policy(p, "policy").cloned().map(Some);
+        return state.policy(p, "policy").map(Some);
     }
     if state.outbox.active() {
         return Ok(None);
@@ -87,7 +87,7 @@ async fn resolve(
     let found = state.store.event_policy(event_id).await;
     state.store_result("event_policy", &found);
     match found {
-        Ok(Some(p)) => state.policy(&p, "policy").cloned().map(Some),
+        Ok(Some(p)) => state.policy(&p, "policy").map(Some),
         Ok(None) => Err(unknown_event(event_id)),
         Err(e) if e.is_transient() => Ok(None),
         Err(e) => Err(unavailable(e)),

@@ -21,12 +21,18 @@ pub fn load_file(path: &Path) -> Result<PolicySpec, Vec<PolicyError>> {
 /// in name order), as the service does at start. Returns the valid
 /// policies and every error, including duplicate ids across files.
 pub fn load_paths(paths: &[PathBuf]) -> (Vec<PolicySpec>, Vec<PolicyError>) {
+    let (specs, errors) = load_paths_with_files(paths);
+    (specs.into_iter().map(|(_, spec)| spec).collect(), errors)
+}
+
+/// [`load_paths`], with the file each policy came from.
+pub fn load_paths_with_files(paths: &[PathBuf]) -> (Vec<(PathBuf, PolicySpec)>, Vec<PolicyError>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
         collect_toml(path, &mut files, &mut errors);
     }
-    let mut specs: Vec<PolicySpec> = Vec::new();
+    let mut specs: Vec<(PathBuf, PolicySpec)> = Vec::new();
     let mut origin: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         match load_file(&file) {
@@ -42,8 +48,8 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<PolicySpec>, Vec<PolicyError>) {
                         ),
                     });
                 } else {
-                    origin.insert(spec.id.clone(), file);
-                    specs.push(spec);
+                    origin.insert(spec.id.clone(), file.clone());
+                    specs.push((file, spec));
                 }
             }
             Err(mut e) => errors.append(&mut e),

@@ -12,10 +12,10 @@ mod raw;
 mod score;
 pub mod spec;
 
-pub use load::{load_file, load_paths};
+pub use load::{load_file, load_paths, load_paths_with_files};
 pub use spec::{
-    Aggregation, Algorithm, Mode, Params, PolicyError, PolicySpec, RewardError, RewardSpec,
-    parse_policy,
+    Aggregation, Algorithm, Learning, Mode, Params, PolicyError, PolicySpec, RewardError,
+    RewardSpec, parse_policy,
 };
 
 use crate::explore::{self, SlateSlot, Stream};
@@ -150,6 +150,25 @@ impl Decision {
         }
     }
 
+    /// Apprentice mode: the caller's choice, the candidate at `position`,
+    /// replaces the policy's draw. The distribution becomes the caller's
+    /// (probability 1 for it, 0 for every other candidate: a deterministic
+    /// caller), the slate is that one action, and what the policy itself
+    /// would have done is returned.
+    pub fn follow(&mut self, position: usize) -> Followed {
+        let own = Followed {
+            agreed: self.chosen() == position,
+            probability: self.probabilities[position],
+        };
+        self.probabilities.iter_mut().for_each(|p| *p = 0.0);
+        self.probabilities[position] = 1.0;
+        self.slate = vec![SlateSlot {
+            index: position,
+            probability: 1.0,
+        }];
+        own
+    }
+
     /// The feature vector of the candidate at `position`.
     pub fn vector(&self, position: usize) -> &[f64] {
         if self.vectors.len() == self.dim {
@@ -158,6 +177,16 @@ impl Decision {
             &self.vectors[position * self.dim..(position + 1) * self.dim]
         }
     }
+}
+
+/// What the policy would have done, for a decision it followed
+/// ([`Decision::follow`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Followed {
+    /// The policy's own draw was the caller's choice.
+    pub agreed: bool,
+    /// The probability the policy gave the caller's choice.
+    pub probability: f64,
 }
 
 /// A reward that cannot be learned.

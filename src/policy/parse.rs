@@ -101,6 +101,7 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             features,
             reward,
             guardrails,
+            learning: raw.learning,
         }),
         _ => Err(p.errors),
     }

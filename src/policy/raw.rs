@@ -1,7 +1,7 @@
 //! Policy files as written: the serde types mirroring the TOML, before
 //! validation ([`super::parse`]) turns them into a [`super::PolicySpec`].
 
-use super::spec::{Aggregation, Algorithm, Mode};
+use super::spec::{Aggregation, Algorithm, Learning, Mode};
 use crate::guardrails::spec::RawGuardrails;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -27,6 +27,8 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) reward: RawReward,
     pub(super) guardrails: Option<RawGuardrails>,
+    #[serde(default)]
+    pub(super) learning: Learning,
 }
 
 fn one() -> u32 {

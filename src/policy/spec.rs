@@ -90,6 +90,37 @@ impl Mode {
     }
 }
 
+/// How a policy uses its traffic (the `learning` key of a policy file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Learning {
+    /// Decides with the live model, which learns from every reward.
+    #[default]
+    Online,
+    /// Explores and logs with true propensities, but decides with the
+    /// model it had when the mode took effect (start or reload): a fixed
+    /// logging policy, so the log is one clean OPE dataset. Rewards are
+    /// still learned into the shared model, which a switch to `online`
+    /// then decides with.
+    LoggingOnly,
+    /// The caller names its current choice (`default_action`); Nudge
+    /// answers with it (propensity 1: that is the truth of a deterministic
+    /// caller), logs it, learns from its rewards, and counts how often its
+    /// own draw would have agreed.
+    Apprentice,
+}
+
+impl Learning {
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Learning::Online => "online",
+            Learning::LoggingOnly => "logging_only",
+            Learning::Apprentice => "apprentice",
+        }
+    }
+}
+
 /// How several rewards for one event combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -250,9 +281,22 @@ pub struct PolicySpec {
     pub reward: RewardSpec,
     /// Notification guardrails over each user's history (disjoint mode).
     pub guardrails: Option<Guardrails>,
+    /// How the policy uses its traffic.
+    pub learning: Learning,
 }
 
 impl PolicySpec {
+    /// Whether a model learned under `self` means the same under `other`:
+    /// the same arms, features (names, kinds, vocabularies, scaling,
+    /// offsets) and ridge prior λ (part of every `A`). Algorithm, α, v, ε,
+    /// rewards, guardrails and learning mode may change under a kept model.
+    pub fn same_layout(&self, other: &PolicySpec) -> bool {
+        self.mode == other.mode
+            && self.arms == other.arms
+            && self.features == other.features
+            && self.params.lambda.to_bits() == other.params.lambda.to_bits()
+    }
+
     /// The index of arm `id` (disjoint mode).
     pub fn arm_index(&self, id: &str) -> Option<usize> {
         self.arms.iter().position(|a| a == id)

@@ -7,7 +7,7 @@ use super::stored;
 use crate::features::{FeatureValue, Features};
 use crate::guardrails::{self, Eligibility, Exclusion, Guardrails, Situation, Tz};
 use crate::log::{DecisionRow, JsonText, LogRecord};
-use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Mode};
+use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Followed, Learning, Mode};
 use crate::runtime::PolicyRuntime;
 use crate::store::outbox::Op;
 use crate::store::{EventRecord, Recorded, Reservation, Slot};
@@ -45,6 +45,9 @@ pub struct DecideInput {
     pub timezone: Option<Tz>,
     /// The decision's clock.
     pub now: DateTime<Utc>,
+    /// The caller's own choice (apprentice mode follows it; other modes
+    /// ignore it).
+    pub default_action: Option<String>,
 }
 
 /// A request the policy cannot decide.
@@ -63,6 +66,23 @@ pub enum DecideFailure {
     /// event, so an id is unique across policies while it is remembered).
     #[error("event_id was already decided by policy `{0}`; event ids are unique across policies")]
     EventIdTaken(String),
+    /// An apprentice policy got no `default_action`.
+    #[error("this policy is in apprentice mode: send your own choice as `default_action`")]
+    DefaultRequired,
+    /// `default_action` names no arm or candidate.
+    #[error("default_action {0:?} is not an arm or candidate of this request")]
+    DefaultUnknown(String),
+    /// An apprentice decision asked for a slate.
+    #[error("apprentice mode follows one action: k must be 1")]
+    DefaultSlate,
+    /// `default_action` is excluded: by the caller, or by a guardrail.
+    #[error("default_action {action:?} cannot be chosen now: excluded by {reason}")]
+    DefaultIneligible {
+        /// The action.
+        action: String,
+        /// Why (`excluded`, `cap`, `quiet_hours`, …).
+        reason: &'static str,
+    },
 }
 
 impl DecideFailure {
@@ -73,6 +93,10 @@ impl DecideFailure {
             DecideFailure::UserRequired => Some("user".into()),
             DecideFailure::HistoryFeatureSent(name) => Some(format!("context.{name}")),
             DecideFailure::EventIdTaken(_) => Some("event_id".into()),
+            DecideFailure::DefaultRequired
+            | DecideFailure::DefaultUnknown(_)
+            | DecideFailure::DefaultIneligible { .. } => Some("default_action".into()),
+            DecideFailure::DefaultSlate => Some("k".into()),
         }
     }
 }
@@ -147,6 +171,8 @@ struct Guarded {
     context: Features,
     decision: Decision,
     tz: Tz,
+    /// Apprentice mode: what the policy itself would have done.
+    followed: Option<Followed>,
 }
 
 /// Decides, stores and logs one request; returns the response JSON (the
@@ -155,27 +181,39 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
     let runtime = input.runtime.clone();
     let policy = &runtime.policy;
     let spec = policy.spec();
-    let model = runtime.model();
+    let model = runtime.decision_model();
     let guarded = match &spec.guardrails {
         Some(g) => Some(decide_guarded(svc, &input, g).await?),
         None => None,
     };
-    let decision = match &guarded {
-        Some(g) => g.decision.clone(),
-        None => policy.decide(
-            &model,
-            &DecideRequest {
-                event_id: &input.event_id,
-                context: &input.context,
-                actions: &input.actions,
-                excluded: &input.excluded,
-                k: input.k,
-            },
-        )?,
-    };
+    let follow = following(&input)?;
+    let mut followed = guarded.as_ref().and_then(|g| g.followed);
     let arm_ids: Vec<&str> = match spec.mode {
         Mode::Disjoint => spec.arms.iter().map(String::as_str).collect(),
         Mode::Shared => input.actions.iter().map(|a| a.id.as_str()).collect(),
+    };
+    let decision = match &guarded {
+        Some(g) => g.decision.clone(),
+        None => {
+            let mut decision = policy.decide(
+                &model,
+                &DecideRequest {
+                    event_id: &input.event_id,
+                    context: &input.context,
+                    actions: &input.actions,
+                    excluded: &input.excluded,
+                    k: input.k,
+                },
+            )?;
+            if let Some(default) = follow {
+                let arm = arm_ids
+                    .iter()
+                    .position(|id| *id == default)
+                    .expect("checked by `following`");
+                followed = Some(follow_arm(&mut decision, arm, default, None)?);
+            }
+            decision
+        }
     };
     let ids: Vec<&str> = decision.candidates.iter().map(|&c| arm_ids[c]).collect();
     let chosen_arm = decision.candidates[decision.chosen()];
@@ -280,6 +318,9 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         }
     };
 
+    if let Some(f) = followed {
+        runtime.apprentice.note(f);
+    }
     let action_label = match spec.mode {
         Mode::Disjoint => response.action.as_str(),
         Mode::Shared => "*",
@@ -438,8 +479,8 @@ async fn decide_guarded(
             context.0.push((name.into(), FeatureValue::Number(value)));
         }
         let ineligible = eligibility.ineligible_ids(&spec.arms);
-        let decision = runtime.policy.decide(
-            &runtime.model(),
+        let mut decision = runtime.policy.decide(
+            &runtime.decision_model(),
             &DecideRequest::<Features, Features> {
                 event_id: &input.event_id,
                 context: &context,
@@ -448,6 +489,13 @@ async fn decide_guarded(
                 k: input.k,
             },
         )?;
+        let followed = match following(input)? {
+            Some(default) => {
+                let arm = spec.arm_index(default).expect("checked by `following`");
+                Some(follow_arm(&mut decision, arm, default, Some(&eligibility))?)
+            }
+            None => None,
+        };
         let arm = decision.candidates[decision.chosen()];
         let at = eligibility.send_at[arm];
         let done = Guarded {
@@ -455,6 +503,7 @@ async fn decide_guarded(
             context,
             decision,
             tz,
+            followed,
         };
         // Holds, deferred decisions (counted when activated) and decisions
         // that could not read the store reserve nothing.
@@ -487,6 +536,50 @@ async fn decide_guarded(
         }
     }
     unreachable!("the last attempt holds every send and returns")
+}
+
+/// The caller's choice an apprentice policy follows (`None` in the other
+/// modes, which ignore it), checked to name an arm or candidate.
+fn following(input: &DecideInput) -> Result<Option<&str>, DecideFailure> {
+    let spec = input.runtime.policy.spec();
+    if spec.learning != Learning::Apprentice {
+        return Ok(None);
+    }
+    let default = input
+        .default_action
+        .as_deref()
+        .ok_or(DecideFailure::DefaultRequired)?;
+    if input.k != 1 {
+        return Err(DecideFailure::DefaultSlate);
+    }
+    let known = match spec.mode {
+        Mode::Disjoint => spec.arm_index(default).is_some(),
+        Mode::Shared => input.actions.iter().any(|a| a.id == default),
+    };
+    if !known {
+        return Err(DecideFailure::DefaultUnknown(default.to_string()));
+    }
+    Ok(Some(default))
+}
+
+/// Replaces the policy's draw with the caller's choice, model arm (or
+/// request candidate) `arm`, which must be eligible.
+fn follow_arm(
+    decision: &mut Decision,
+    arm: usize,
+    default: &str,
+    eligibility: Option<&Eligibility>,
+) -> Result<Followed, DecideFailure> {
+    let Some(position) = decision.candidates.iter().position(|&c| c == arm) else {
+        let reason = eligibility
+            .and_then(|e| e.reasons[arm])
+            .map_or("excluded", Exclusion::name);
+        return Err(DecideFailure::DefaultIneligible {
+            action: default.to_string(),
+            reason,
+        });
+    };
+    Ok(decision.follow(position))
 }
 
 /// The slate in order with its position probabilities, then every other

@@ -4,22 +4,26 @@
 //! background tasks ([`crate::startup`]) all call it.
 
 pub mod decide;
+pub mod reload;
 pub mod reward;
 pub mod stored;
 
 use crate::config::Settings;
 use crate::log::DecisionLog;
 use crate::metrics::Metrics;
-use crate::runtime::PolicyRuntime;
 use crate::store::Store;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use arc_swap::ArcSwap;
+pub use reload::PolicySet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// Everything the service shares across workers and tasks.
 pub struct Service {
-    /// Live policies by id.
-    pub policies: BTreeMap<String, Arc<PolicyRuntime>>,
+    /// The policies served (swapped whole by a reload).
+    pub policies: ArcSwap<PolicySet>,
+    /// Serialises reloads on this replica.
+    pub reloading: tokio::sync::Mutex<()>,
+    /// Why this replica did not switch to the last published policy set.
+    pub reload_mismatch: std::sync::Mutex<Option<String>>,
     /// The model store.
     pub store: Store,
     /// The decision log.

@@ -121,6 +121,12 @@ struct Inner {
     /// Until when an announced outbox replay holds sweeps (not saved).
     #[serde(skip)]
     replay_until: Option<std::time::Instant>,
+    /// The published policy set: generation, manifest.
+    #[serde(default)]
+    policy_set: Option<(u64, Vec<u8>)>,
+    /// Snapshots of replaced models, by `policy@version`.
+    #[serde(default)]
+    kept: HashMap<String, Vec<u8>>,
 }
 
 impl Inner {
@@ -588,6 +594,41 @@ impl ModelStore for MemoryStore {
         Ok(inner
             .replay_until
             .is_some_and(|t| t > std::time::Instant::now()))
+    }
+
+    async fn publish_policies(&self, manifest: &[u8]) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let generation = inner.policy_set.as_ref().map_or(0, |(g, _)| *g) + 1;
+        inner.policy_set = Some((generation, manifest.to_vec()));
+        Ok(generation)
+    }
+
+    async fn policy_set(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.lock().policy_set.clone())
+    }
+
+    async fn keep_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .kept
+            .insert(format!("{policy}@{version}"), blob.to_vec());
+        Ok(())
+    }
+
+    async fn kept_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()
+            .kept
+            .get(&format!("{policy}@{version}"))
+            .cloned())
     }
 
     async fn event_response(

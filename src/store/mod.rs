@@ -405,6 +405,33 @@ pub trait ModelStore: Send + Sync + 'static {
     /// closes reward windows: a queued reward must reach its event before
     /// a sweep can give the event its default.
     async fn replaying(&self) -> Result<bool, StoreError>;
+
+    /// Publishes the deployment's policy set (an opaque manifest, see
+    /// [`crate::service::reload`]) under a new generation, atomically, and
+    /// returns that generation (1 for the first). Every replica polls
+    /// [`ModelStore::policy_set`] and switches when it sees a newer one.
+    async fn publish_policies(&self, manifest: &[u8]) -> Result<u64, StoreError>;
+
+    /// The last published policy set: its generation and manifest (`None`
+    /// before the first).
+    async fn policy_set(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Keeps the snapshot of a model a reload replaced (its layout
+    /// changed), under the policy and the version it was learned by. Kept
+    /// until overwritten by the same (policy, version), never trimmed.
+    async fn keep_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+        blob: &[u8],
+    ) -> Result<(), StoreError>;
+
+    /// A snapshot kept by [`ModelStore::keep_snapshot`].
+    async fn kept_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// A reward for one action of one event.

@@ -174,6 +174,14 @@ pub async fn spawn_replica(other: &TestApp) -> TestApp {
     start(other.backend, settings, dir, None).await
 }
 
+/// Starts another instance sharing `other`'s stores, with `settings`
+/// (e.g. its own policy directory); its data dir is its own.
+pub async fn spawn_replica_with(other: &TestApp, mut settings: Settings) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    settings.data_dir = dir.path().join("data");
+    start(other.backend, settings, dir, None).await
+}
+
 async fn start(
     backend: Backend,
     settings: Settings,

@@ -415,6 +415,11 @@ impl NudgeProcess {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Sends `sig` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(self.child.id(), sig);
+    }
+
     /// Sends SIGTERM (graceful stop: drain, flush, exit).
     pub fn sigterm(&self) {
         signal(self.child.id(), libc::SIGTERM);

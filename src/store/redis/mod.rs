@@ -266,6 +266,16 @@ impl RedisStore {
         format!("{}:{{replay}}", self.prefix)
     }
 
+    /// The published policy set: one hash (generation, manifest) for the
+    /// whole deployment, so publishing is atomic in one slot.
+    fn policy_set_key(&self) -> String {
+        format!("{}:{{policyset}}", self.prefix)
+    }
+
+    fn kept_key(&self, policy: &str, version: u32) -> String {
+        format!("{}:{{{policy}}}:kept:{version}", self.prefix)
+    }
+
     fn snap_key(&self, policy: &str) -> String {
         format!("{}:{{{policy}}}:snap", self.prefix)
     }
@@ -811,6 +821,57 @@ impl ModelStore for RedisStore {
             .cmd(redis::cmd("EXISTS").arg(self.replay_key()))
             .await?;
         Ok(n > 0)
+    }
+
+    async fn publish_policies(&self, manifest: &[u8]) -> Result<u64, StoreError> {
+        let key = self.policy_set_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("generation")
+            .arg(1)
+            .cmd("HSET")
+            .arg(&key)
+            .arg("manifest")
+            .arg(manifest)
+            .ignore();
+        let (generation,): (u64,) = self.query_pipe(&pipe, Some(&key)).await?;
+        Ok(generation)
+    }
+
+    async fn policy_set(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (generation, manifest): (Option<u64>, Option<Vec<u8>>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.policy_set_key())
+                    .arg("generation")
+                    .arg("manifest"),
+            )
+            .await?;
+        Ok(generation.zip(manifest))
+    }
+
+    async fn keep_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = self.kept_key(policy, version);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(blob).ignore();
+        let () = self.query_pipe(&pipe, Some(&key)).await?;
+        Ok(())
+    }
+
+    async fn kept_snapshot(
+        &self,
+        policy: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.cmd(redis::cmd("GET").arg(self.kept_key(policy, version)))
+            .await
     }
 
     async fn event_response(
