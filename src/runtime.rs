@@ -28,6 +28,78 @@ struct SyncState {
     /// Rewards folded by this runtime (since it started or was reloaded):
     /// count, sum, sum of squares.
     folded: (u64, f64, f64),
+    /// The shadow challengers' running estimates.
+    shadow: Shadow,
+}
+
+/// Running sums for the off-policy value of each shadow challenger
+/// against the live policy, over the learned entries that carry the
+/// weights (slot 0 of a single-action decision, see [`crate::store::Slot::aux`]).
+#[derive(Debug, Clone, Default)]
+struct Shadow {
+    /// Entries counted.
+    n: u64,
+    /// The live policy's rewards: Σr, Σr².
+    live: (f64, f64),
+    /// Per challenger, with `w = π_c(a) / p(a)`: Σw, Σw², Σwr, Σ(wr)².
+    challengers: Vec<[f64; 4]>,
+}
+
+/// A mean with its normal 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Interval {
+    /// The estimate.
+    pub value: f64,
+    /// `value ± 1.96 · se` (absent below two observations).
+    pub ci95: Option<[f64; 2]>,
+}
+
+impl Interval {
+    /// The mean of n values from their sum and sum of squares, with the
+    /// normal interval from the sample variance.
+    fn of(n: u64, sum: f64, sq: f64) -> Option<Interval> {
+        if n == 0 {
+            return None;
+        }
+        let mean = sum / n as f64;
+        let ci95 = (n > 1).then(|| {
+            let var = ((sq - sum * mean) / (n - 1) as f64).max(0.0);
+            let half = 1.96 * (var / n as f64).sqrt();
+            [mean - half, mean + half]
+        });
+        Some(Interval { value: mean, ci95 })
+    }
+}
+
+/// One challenger's estimate against the live policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChallengerEstimate {
+    /// The challenger.
+    pub id: String,
+    /// Its algorithm.
+    pub algorithm: &'static str,
+    /// Entries the estimate is over.
+    pub n: u64,
+    /// IPW (Horvitz & Thompson 1952): mean of `w·r`, with its interval.
+    pub ipw: Option<Interval>,
+    /// Self-normalised IPW (Swaminathan & Joachims 2015): `Σwr / Σw`.
+    pub snipw: Option<f64>,
+    /// Effective sample size of the weights, `(Σw)² / Σw²` (Kish).
+    pub ess: Option<f64>,
+    /// Whether the declared promotion rule holds: at least `promote_after`
+    /// entries and the IPW interval's lower bound above the live policy's
+    /// upper bound (`false` without a rule).
+    pub promotable: bool,
+}
+
+/// What the shadow challengers' estimates say (this replica's fold, since
+/// it loaded the policy: replicas that loaded it together agree exactly).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ShadowReport {
+    /// The live policy's on-policy mean reward over the same entries.
+    pub live: Option<Interval>,
+    /// Each challenger, in file order.
+    pub challengers: Vec<ChallengerEstimate>,
 }
 
 /// Apprentice mode, on this replica: how often the policy's own draw was
@@ -68,6 +140,8 @@ pub struct PolicyRuntime {
     sync: Mutex<SyncState>,
     /// Apprentice mode's agreement counts (this replica).
     pub apprentice: ApprenticeStats,
+    /// The shadow challengers, scoring with this policy's model.
+    pub challengers: Vec<Policy>,
 }
 
 /// Why a sync failed.
@@ -89,6 +163,11 @@ impl PolicyRuntime {
             retention_ms: retention.as_millis() as i64,
         };
         let model = ArcSwap::from_pointee(policy.new_model());
+        let challengers: Vec<Policy> = spec.challengers.iter().cloned().map(Policy::new).collect();
+        let shadow = Shadow {
+            challengers: vec![[0.0; 4]; challengers.len()],
+            ..Shadow::default()
+        };
         PolicyRuntime {
             policy,
             rules,
@@ -100,8 +179,10 @@ impl PolicyRuntime {
                 unsaved: 0,
                 last_snapshot: Instant::now(),
                 folded: (0, 0.0, 0.0),
+                shadow,
             }),
             apprentice: ApprenticeStats::default(),
+            challengers,
         }
     }
 
@@ -152,6 +233,35 @@ impl PolicyRuntime {
                 .unwrap_or_else(|| self.model.load_full()),
             _ => self.model.load_full(),
         }
+    }
+
+    /// The shadow challengers' estimates so far.
+    pub async fn shadow(&self) -> ShadowReport {
+        let s = self.sync.lock().await.shadow.clone();
+        let live = Interval::of(s.n, s.live.0, s.live.1);
+        let rule = self.policy.spec().promote_after;
+        let challengers = self
+            .challengers
+            .iter()
+            .zip(&s.challengers)
+            .map(|(c, m)| {
+                let ipw = Interval::of(s.n, m[2], m[3]);
+                let promotable = match (rule, ipw.and_then(|i| i.ci95), live.and_then(|l| l.ci95)) {
+                    (Some(after), Some(c), Some(l)) => s.n >= after && c[0] > l[1],
+                    _ => false,
+                };
+                ChallengerEstimate {
+                    id: c.id().to_string(),
+                    algorithm: c.spec().algorithm.name(),
+                    n: s.n,
+                    ipw,
+                    snipw: (m[0] > 0.0).then(|| m[2] / m[0]),
+                    ess: (m[1] > 0.0).then(|| m[0] * m[0] / m[1]),
+                    promotable,
+                }
+            })
+            .collect();
+        ShadowReport { live, challengers }
     }
 
     /// Rewards this runtime folded since it started (or was reloaded):
@@ -210,6 +320,23 @@ impl PolicyRuntime {
                 st.folded.0 += 1;
                 st.folded.1 += e.reward;
                 st.folded.2 += e.reward * e.reward;
+                let shadow = &mut st.shadow;
+                if !shadow.challengers.is_empty()
+                    && e.aux.len() == 1 + shadow.challengers.len()
+                    && e.aux[0] > 0.0
+                {
+                    let r = e.reward;
+                    shadow.n += 1;
+                    shadow.live.0 += r;
+                    shadow.live.1 += r * r;
+                    for (c, s) in shadow.challengers.iter_mut().enumerate() {
+                        let w = e.aux[1 + c] / e.aux[0];
+                        s[0] += w;
+                        s[1] += w * w;
+                        s[2] += w * r;
+                        s[3] += (w * r) * (w * r);
+                    }
+                }
                 applied += 1;
             }
             self.model.store(Arc::new(model));

@@ -151,6 +151,9 @@ fn decision(i: usize, at: DateTime<Utc>) -> DecisionRow {
         guardrails: i.is_multiple_of(4).then(|| {
             json!({"user": format!("u{i}"), "timezone": "Europe/Berlin", "forced": i.is_multiple_of(8), "send_at": null}).into()
         }),
+        challengers: i
+            .is_multiple_of(6)
+            .then(|| json!({"greedy": {"a": 0.95, "b": 0.05}}).into()),
     }
 }
 
@@ -272,6 +275,8 @@ fn decision_of(t: DecisionTuple) -> (DecisionRow, Option<DateTime<Utc>>) {
         deferred: t.11,
         degraded: t.13,
         guardrails: t.14.map(|j| j.0.into()),
+        // Read by a query of its own (sqlx rows are at most 16-tuples).
+        challengers: None,
     };
     (row, t.12)
 }
@@ -301,10 +306,31 @@ async fn pg_rows(pool: &PgPool) -> (Vec<(DecisionRow, Option<DateTime<Utc>>)>, V
     .fetch_all(pool)
     .await
     .unwrap();
+    let challengers: Vec<(Option<Json<serde_json::Value>>,)> =
+        sqlx::query_as("SELECT challengers FROM decisions ORDER BY event_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
     (
-        decisions.into_iter().map(decision_of).collect(),
+        with_challengers(decisions, challengers),
         rewards.into_iter().map(reward_of).collect(),
     )
+}
+
+fn with_challengers(
+    decisions: Vec<DecisionTuple>,
+    challengers: Vec<(Option<Json<serde_json::Value>>,)>,
+) -> Vec<(DecisionRow, Option<DateTime<Utc>>)> {
+    assert_eq!(decisions.len(), challengers.len());
+    decisions
+        .into_iter()
+        .zip(challengers)
+        .map(|(t, (c,))| {
+            let (mut row, activated) = decision_of(t);
+            row.challengers = c.map(|j| j.0.into());
+            (row, activated)
+        })
+        .collect()
 }
 
 async fn sqlite_rows(
@@ -322,8 +348,13 @@ async fn sqlite_rows(
     .fetch_all(pool)
     .await
     .unwrap();
+    let challengers: Vec<(Option<Json<serde_json::Value>>,)> =
+        sqlx::query_as("SELECT challengers FROM decisions ORDER BY event_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
     (
-        decisions.into_iter().map(decision_of).collect(),
+        with_challengers(decisions, challengers),
         rewards.into_iter().map(reward_of).collect(),
     )
 }

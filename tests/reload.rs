@@ -534,3 +534,133 @@ async fn apprentice_follows_the_caller_and_reports_agreement() {
         .await;
     assert_eq!(logged, n as i64);
 }
+
+#[tokio::test]
+async fn challengers_score_every_decision_and_are_estimated_exactly() {
+    let app = spawn_app(Backend::Production).await;
+    let dir = app.settings.policies.clone();
+    let text = format!(
+        "{}\n{}",
+        push(1.0, "promote_after = 50"),
+        r#"
+[[challengers]]
+id = "greedy"
+algorithm = "linucb"
+params = { alpha = 0.0, epsilon = 0.02 }
+
+[[challengers]]
+id = "ts"
+algorithm = "lin_ts"
+params = { v = 0.3 }
+"#
+    );
+    // A challenger over other features is refused, naming the key.
+    write(
+        &dir,
+        "push.toml",
+        &format!("{text}\n[[challengers]]\nid = \"wide\"\nfeatures = {{ bias = false }}\n"),
+    );
+    let (status, err) = reload(&app).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(
+        err["error"]["errors"][0]["key"], "challengers[2].features",
+        "{err}"
+    );
+    write(&dir, "push.toml", &text);
+    let (status, report) = reload(&app).await;
+    assert_eq!(status, 200, "{report}");
+
+    // Traffic whose reward depends on the action and the context, some of
+    // it with an arm excluded.
+    let n = 120;
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    for i in 0..n {
+        let x = [next(), next(), next()];
+        let event = format!("sh-{i:03}");
+        let mut body = json!({"policy": "push", "event_id": event, "context": {"x": x}});
+        if i % 4 == 0 {
+            body["excluded"] = json!(["c"]);
+        }
+        let (status, d) = app.post("/v1/decide", &body).await;
+        assert_eq!(status, 200, "{d}");
+        let reward = match d["action"].as_str().unwrap() {
+            "a" => f64::from(x[0] > 0.0),
+            "b" => f64::from(x[1] > 0.3),
+            _ => 0.0,
+        };
+        let (status, r) = app
+            .post("/v1/reward", &json!({"event_id": event, "reward": reward}))
+            .await;
+        assert_eq!(status, 202, "{r}");
+    }
+
+    // The log holds every challenger's distribution over the eligible set.
+    let logged = app
+        .wait_count(
+            "SELECT COUNT(*) FROM decisions WHERE challengers IS NOT NULL",
+            n as i64,
+        )
+        .await;
+    assert_eq!(logged, n as i64);
+    let pool = sqlx::PgPool::connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, f64, sqlx::types::Json<Value>, f64)> = sqlx::query_as(
+        "SELECT d.event_id, d.action, d.probability, d.challengers, r.reward \
+         FROM decisions d JOIN rewards r ON r.event_id = d.event_id ORDER BY d.event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), n);
+    // The estimates, recomputed from the log alone.
+    let mut sums = BTreeMap::<String, [f64; 3]>::new();
+    let mut live = 0.0;
+    for (event, action, p, challengers, r) in &rows {
+        live += r;
+        let excluded = event[3..].parse::<usize>().unwrap() % 4 == 0;
+        for (id, dist) in challengers.0.as_object().unwrap() {
+            let dist = dist.as_object().unwrap();
+            assert_eq!(dist.contains_key("c"), !excluded, "{event}: {dist:?}");
+            let total: f64 = dist.values().map(|v| v.as_f64().unwrap()).sum();
+            assert!((total - 1.0).abs() < 1e-12, "{event}: {dist:?}");
+            let w = dist[action.as_str()].as_f64().unwrap() / p;
+            let s = sums.entry(id.clone()).or_default();
+            s[0] += w * r;
+            s[1] += w;
+            s[2] += w * w;
+        }
+    }
+    pool.close().await;
+    eventually("every reward is folded into the estimates", || async {
+        let d = app.get_json("/v1/policies/push").await.1;
+        d["challengers"][0]["n"] == n as u64
+    })
+    .await;
+    let described = app.get_json("/v1/policies/push").await.1;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+    let live_value = described["live_estimate"]["value"].as_f64().unwrap();
+    assert!(close(live_value, live / n as f64), "{described}");
+    let listed = described["challengers"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for c in listed {
+        let s = sums[c["id"].as_str().unwrap()];
+        let ipw = c["ipw"]["value"].as_f64().unwrap();
+        assert!(close(ipw, s[0] / n as f64), "{c} vs {s:?}");
+        assert!(close(c["snipw"].as_f64().unwrap(), s[0] / s[1]), "{c}");
+        assert!(close(c["ess"].as_f64().unwrap(), s[1] * s[1] / s[2]), "{c}");
+        let [lo, hi] = [0, 1].map(|k| c["ipw"]["ci95"][k].as_f64().unwrap());
+        assert!(lo < ipw && ipw < hi, "{c}");
+        let live_ci = &described["live_estimate"]["ci95"];
+        let expected = n as u64 >= 50 && lo > live_ci[1].as_f64().unwrap();
+        assert_eq!(c["promotable"], expected, "{c}");
+    }
+    assert_eq!(listed[0]["algorithm"], "linucb");
+    assert_eq!(listed[1]["algorithm"], "lin_ts");
+}

@@ -228,6 +228,25 @@ pub async fn describe(
     if spec.learning == crate::policy::Learning::Apprentice {
         out["apprentice"] = apprentice(&rt).await;
     }
+    if !rt.challengers.is_empty() {
+        let shadow = rt.shadow().await;
+        let listed: Vec<Value> = rt
+            .challengers
+            .iter()
+            .zip(shadow.challengers)
+            .map(|(c, estimate)| {
+                let p = &c.spec().params;
+                let mut v = json!(estimate);
+                v["params"] = json!({
+                    "alpha": p.alpha, "v": p.v, "epsilon": p.epsilon, "draws": p.draws,
+                });
+                v
+            })
+            .collect();
+        out["challengers"] = json!(listed);
+        out["live_estimate"] = json!(shadow.live);
+        out["promote_after"] = json!(spec.promote_after);
+    }
     Ok(HttpResponse::Ok().json(out))
 }
 

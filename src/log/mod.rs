@@ -165,6 +165,12 @@ pub struct DecisionRow {
     /// probability 1; `send_at`: the delivery time, RFC 3339 UTC).
     #[serde(default)]
     pub guardrails: Option<JsonText>,
+    /// For policies with shadow challengers (k = 1): each challenger's
+    /// distribution over the same eligible candidates,
+    /// `{"<challenger>": {"<action>": probability}}`, so any of them can be
+    /// evaluated exactly against the logged propensities.
+    #[serde(default)]
+    pub challengers: Option<JsonText>,
 }
 
 /// One reward (explicit, or the policy's default when the window closed).

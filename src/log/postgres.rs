@@ -24,11 +24,13 @@ pub(super) const MONTHS_AHEAD: u32 = 3;
 /// with thousands of binds would be re-planned for every batch size).
 const INSERT_DECISIONS: &str = "INSERT INTO decisions (event_id, policy, policy_version, \
     model_version, decided_at, context, actions, candidates, action, probability, slate, \
-    deferred, degraded, guardrails) \
-    SELECT e, p, pv, mv, t, c::json, a::json, k::json, act, prob, s::json, d, g, gr::json \
+    deferred, degraded, guardrails, challengers) \
+    SELECT e, p, pv, mv, t, c::json, a::json, k::json, act, prob, s::json, d, g, gr::json, \
+    ch::json \
     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::timestamptz[], \
     $6::text[], $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], \
-    $12::bool[], $13::bool[], $14::text[]) AS u(e, p, pv, mv, t, c, a, k, act, prob, s, d, g, gr) \
+    $12::bool[], $13::bool[], $14::text[], $15::text[]) \
+    AS u(e, p, pv, mv, t, c, a, k, act, prob, s, d, g, gr, ch) \
     ON CONFLICT DO NOTHING";
 
 const INSERT_REWARDS: &str = "INSERT INTO rewards (reward_id, event_id, policy, action, \
@@ -40,7 +42,7 @@ const INSERT_REWARDS: &str = "INSERT INTO rewards (reward_id, event_id, policy, 
 
 const COPY_DECISIONS: &str = "COPY decisions (event_id, policy, policy_version, model_version, \
     decided_at, context, actions, candidates, action, probability, slate, deferred, degraded, \
-    guardrails) FROM STDIN";
+    guardrails, challengers) FROM STDIN";
 
 const COPY_REWARDS: &str = "COPY rewards (reward_id, event_id, policy, action, reward, signals, \
     is_default, received_at) FROM STDIN";
@@ -110,6 +112,7 @@ async fn write_copy(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, sqlx::E
                 row.bool(d.deferred);
                 row.bool(d.degraded);
                 row.opt_text(d.guardrails.as_ref().map(JsonText::as_str));
+                row.opt_text(d.challengers.as_ref().map(JsonText::as_str));
             });
         }
         applied.inserted += copy_in(&mut tx, COPY_DECISIONS, buf).await?;
@@ -275,6 +278,7 @@ async fn write_idempotent(pool: &PgPool, batch: &Batch<'_>) -> Result<Applied, s
             .bind(chunk.iter().map(|d| d.deferred).collect::<Vec<bool>>())
             .bind(chunk.iter().map(|d| d.degraded).collect::<Vec<bool>>())
             .bind(opt(|d| d.guardrails.as_ref().map(JsonText::as_str)))
+            .bind(opt(|d| d.challengers.as_ref().map(JsonText::as_str)))
             .execute(&mut *tx)
             .await?;
         applied.inserted += done.rows_affected();

@@ -11,7 +11,7 @@ pub(super) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` (since 3.32).
 const MAX_BINDS: usize = 32_766;
 /// Bound columns per inserted decision (`activated_at` starts NULL).
-const DECISION_COLUMNS: usize = 14;
+const DECISION_COLUMNS: usize = 15;
 /// Bound columns per inserted reward.
 const REWARD_COLUMNS: usize = 8;
 
@@ -39,7 +39,7 @@ pub(super) async fn write(pool: &SqlitePool, batch: &Batch<'_>) -> Result<Applie
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO decisions (event_id, policy, policy_version, model_version, \
              decided_at, context, actions, candidates, action, probability, slate, \
-             deferred, degraded, guardrails) ",
+             deferred, degraded, guardrails, challengers) ",
         );
         q.push_values(chunk.iter().enumerate(), |mut row, (i, d)| {
             row.push_bind(&d.event_id)
@@ -55,7 +55,8 @@ pub(super) async fn write(pool: &SqlitePool, batch: &Batch<'_>) -> Result<Applie
                 .push_bind(d.slate.as_ref().map(text))
                 .push_bind(d.deferred)
                 .push_bind(d.degraded)
-                .push_bind(d.guardrails.as_ref().map(text));
+                .push_bind(d.guardrails.as_ref().map(text))
+                .push_bind(d.challengers.as_ref().map(text));
         });
         q.push(" ON CONFLICT DO NOTHING");
         applied.inserted += q.build().execute(&mut *tx).await?.rows_affected();

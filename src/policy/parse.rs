@@ -38,7 +38,7 @@ pub fn is_valid_id(s: &str, max: usize) -> bool {
 /// Parses and validates a policy file's text. `origin` names the file in
 /// errors. Returns every error found, not just the first.
 pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyError>> {
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+    let mut raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let (key, position) = e
             .span()
             .map(|span| locate(text, span.start))
@@ -53,6 +53,15 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
         file: origin.to_path_buf(),
         errors: vec![],
     };
+    let challenger_tables = std::mem::take(&mut raw.challengers);
+    match raw.promote_after {
+        Some(0) => p.add("promote_after", "expected an integer >= 1, got 0"),
+        Some(_) if challenger_tables.is_empty() => p.add(
+            "promote_after",
+            "a promotion rule needs [[challengers]] to promote",
+        ),
+        _ => {}
+    }
 
     if !is_valid_id(&raw.id, 64) {
         p.add(
@@ -102,8 +111,108 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             reward,
             guardrails,
             learning: raw.learning,
+            challengers: Vec::new(),
+            promote_after: raw.promote_after,
+        })
+        .and_then(|mut spec: PolicySpec| {
+            spec.challengers = challengers(text, origin, &spec, challenger_tables)?;
+            Ok(spec)
         }),
         _ => Err(p.errors),
+    }
+}
+
+/// Keys a `[[challengers]]` table may set; the rest is the live policy's.
+const CHALLENGER_KEYS: &[&str] = &["id", "description", "algorithm", "params"];
+
+/// Validates `[[challengers]]`: each is the live policy's file with its
+/// own `id`, `description`, `algorithm` and `params` (a table replaces the
+/// live one whole: another algorithm takes other parameters), checked by
+/// the same rules, and must keep the policy's layout (arms, features, λ):
+/// a challenger reads the live model, whose statistics are the same for
+/// every algorithm over one layout.
+fn challengers(
+    text: &str,
+    origin: &Path,
+    live: &PolicySpec,
+    tables: Vec<toml::Table>,
+) -> Result<Vec<PolicySpec>, Vec<PolicyError>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut errors = Vec::new();
+    let error = |key: String, message: String| PolicyError {
+        file: origin.to_path_buf(),
+        key,
+        message,
+    };
+    let mut base: toml::Table = toml::from_str(text).expect("parsed above");
+    base.remove("challengers");
+    base.remove("learning");
+    base.remove("promote_after");
+    let mut out: Vec<PolicySpec> = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let at = format!("challengers[{i}]");
+        for key in table.keys() {
+            if !CHALLENGER_KEYS.contains(&key.as_str()) {
+                errors.push(error(
+                    format!("{at}.{key}"),
+                    format!(
+                        "a challenger sets only {}; the rest is the live policy's",
+                        CHALLENGER_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !table.contains_key("id") {
+            errors.push(error(
+                format!("{at}.id"),
+                "every challenger needs an id".into(),
+            ));
+            continue;
+        }
+        let mut merged = base.clone();
+        merged.remove("params");
+        merged.remove("description");
+        for (key, value) in table {
+            if CHALLENGER_KEYS.contains(&key.as_str()) {
+                merged.insert(key, value);
+            }
+        }
+        let child_text = toml::to_string(&merged).expect("a TOML table serialises");
+        match parse_policy(&child_text, origin) {
+            Ok(child) => {
+                if child.id == live.id || out.iter().any(|c| c.id == child.id) {
+                    errors.push(error(
+                        format!("{at}.id"),
+                        format!(
+                            "{:?} is taken: challenger ids differ from the policy's and each other's",
+                            child.id
+                        ),
+                    ));
+                } else if !live.same_layout(&child) {
+                    errors.push(error(
+                        format!("{at}.params.lambda"),
+                        "a challenger reads the live model: it must keep its lambda".into(),
+                    ));
+                } else {
+                    out.push(child);
+                }
+            }
+            Err(child_errors) => errors.extend(child_errors.into_iter().map(|e| PolicyError {
+                key: if e.key.is_empty() {
+                    at.clone()
+                } else {
+                    format!("{at}.{}", e.key)
+                },
+                ..e
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
     }
 }
 

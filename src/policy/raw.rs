@@ -29,6 +29,11 @@ pub(super) struct RawPolicy {
     pub(super) guardrails: Option<RawGuardrails>,
     #[serde(default)]
     pub(super) learning: Learning,
+    /// `[[challengers]]`: validated against the policy they shadow
+    /// (see `parse::challengers`).
+    #[serde(default)]
+    pub(super) challengers: Vec<toml::Table>,
+    pub(super) promote_after: Option<u64>,
 }
 
 fn one() -> u32 {

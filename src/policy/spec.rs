@@ -283,6 +283,16 @@ pub struct PolicySpec {
     pub guardrails: Option<Guardrails>,
     /// How the policy uses its traffic.
     pub learning: Learning,
+    /// Shadow challengers (`[[challengers]]`): each a complete spec over
+    /// this policy's arms, features and λ (so it reads this policy's
+    /// model), with its own id, algorithm and hyper-parameters. They score
+    /// every decision but never choose.
+    pub challengers: Vec<PolicySpec>,
+    /// The declared promotion rule: a challenger is reported promotable
+    /// once its estimate covers at least this many events and its IPW
+    /// interval lies above the live policy's (`GET /v1/policies/{id}`);
+    /// promoting is then the admin's call.
+    pub promote_after: Option<u64>,
 }
 
 impl PolicySpec {

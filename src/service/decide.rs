@@ -216,6 +216,7 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         }
     };
     let ids: Vec<&str> = decision.candidates.iter().map(|&c| arm_ids[c]).collect();
+    let shadow = shadow_scores(&runtime, &decision, &input, guarded.as_ref(), &arm_ids);
     let chosen_arm = decision.candidates[decision.chosen()];
     let send_at = guarded
         .as_ref()
@@ -248,10 +249,20 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         slots: decision
             .slate
             .iter()
-            .map(|slot| Slot {
+            .enumerate()
+            .map(|(i, slot)| Slot {
                 action: ids[slot.index].to_string(),
                 arm: decision.arm_of(slot.index, spec.mode) as u32,
                 x: decision.vector(slot.index).to_vec(),
+                // The weights the shadow estimates need, learned back with
+                // the reward: the logged propensity, then each
+                // challenger's probability of this action.
+                aux: match (&shadow, i) {
+                    (Some(scores), 0) => std::iter::once(decision.propensity())
+                        .chain(scores.iter().map(|(_, p)| p[slot.index]))
+                        .collect(),
+                    _ => Vec::new(),
+                },
             })
             .collect(),
         deadline_ms: now.timestamp_millis() + runtime.rules.window_ms,
@@ -378,6 +389,18 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         deferred: input.defer,
         degraded,
         guardrails: guardrails_json,
+        challengers: shadow.as_ref().map(|scores| {
+            let mut out = serde_json::Map::new();
+            for (id, probs) in scores {
+                let dist: serde_json::Map<String, serde_json::Value> = ids
+                    .iter()
+                    .zip(probs)
+                    .map(|(a, p)| ((*a).to_string(), serde_json::Value::from(*p)))
+                    .collect();
+                out.insert(id.to_string(), serde_json::Value::Object(dist));
+            }
+            JsonText::of(&out)
+        }),
     }));
     Ok(response_json)
 }
@@ -536,6 +559,57 @@ async fn decide_guarded(
         }
     }
     unreachable!("the last attempt holds every send and returns")
+}
+
+/// Each shadow challenger's distribution over the decision's candidates
+/// (aligned with `decision.candidates`): the same request, context (with
+/// the history features) and eligible set, scored with the live model.
+/// `None` without challengers, for slates (not evaluated yet), or if a
+/// challenger cannot score the request (logged; the decision stands).
+fn shadow_scores<'a>(
+    runtime: &'a PolicyRuntime,
+    decision: &Decision,
+    input: &DecideInput,
+    guarded: Option<&Guarded>,
+    arm_ids: &[&str],
+) -> Option<Vec<(&'a str, Vec<f64>)>> {
+    if runtime.challengers.is_empty() || input.k != 1 {
+        return None;
+    }
+    let context = guarded.map_or(&input.context, |g| &g.context);
+    let excluded: Vec<String> = (0..arm_ids.len())
+        .filter(|i| !decision.candidates.contains(i))
+        .map(|i| arm_ids[i].to_string())
+        .collect();
+    let model = runtime.model();
+    let mut out = Vec::with_capacity(runtime.challengers.len());
+    for c in &runtime.challengers {
+        let scored = c.decide(
+            &model,
+            &DecideRequest {
+                event_id: &input.event_id,
+                context,
+                actions: &input.actions,
+                excluded: &excluded,
+                k: 1,
+            },
+        );
+        match scored {
+            Ok(d) if d.candidates == decision.candidates => out.push((c.id(), d.probabilities)),
+            Ok(_) => {
+                tracing::error!(
+                    challenger = c.id(),
+                    "challenger saw other candidates; shadow skipped"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(challenger = c.id(), error = %e, "challenger could not score; shadow skipped");
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The caller's choice an apprentice policy follows (`None` in the other

@@ -107,6 +107,32 @@ pub fn encode_vector(x: &[f64]) -> Vec<u8> {
     w.into_bytes()
 }
 
+/// Encodes a slot's payload: its feature vector, then (when not empty) the
+/// numbers learning carries along unchanged (see
+/// [`crate::store::Slot::aux`]).
+pub fn encode_payload(x: &[f64], aux: &[f64]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(2 + (x.len() + aux.len()) * 4);
+    w.vector(x);
+    if !aux.is_empty() {
+        w.vector(aux);
+    }
+    w.into_bytes()
+}
+
+/// Decodes [`encode_payload`] (or [`encode_vector`]) output: the vector
+/// and the aux numbers (empty when absent); every byte must be used.
+pub fn decode_payload(bytes: &[u8]) -> Result<(Vec<f64>, Vec<f64>), CodecError> {
+    let mut r = Reader::new(bytes);
+    let x = r.vector()?;
+    let aux = if r.rest.is_empty() {
+        Vec::new()
+    } else {
+        r.vector()?
+    };
+    r.finish()?;
+    Ok((x, aux))
+}
+
 /// Decodes [`encode_vector`] output (every byte must be used).
 pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f64>, CodecError> {
     let mut r = Reader::new(bytes);

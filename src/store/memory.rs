@@ -88,6 +88,7 @@ impl PolicyData {
             x: s.x.clone(),
             reward,
             is_default,
+            aux: s.aux.clone(),
         };
         self.stream.push_back(entry);
     }
@@ -782,6 +783,7 @@ mod tests {
                 action: "a".into(),
                 arm: 0,
                 x: vec![1.0],
+                aux: vec![],
             }],
             deadline_ms,
             deferred,

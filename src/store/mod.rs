@@ -86,6 +86,12 @@ pub struct Slot {
     pub arm: u32,
     /// The feature vector the decision saw.
     pub x: Vec<f64>,
+    /// Numbers the learned entry carries back unchanged, opaque to the
+    /// store: for slot 0 of a policy with shadow challengers, the logged
+    /// propensity then each challenger's probability of this action
+    /// (see [`crate::runtime`]). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aux: Vec<f64>,
 }
 
 /// A decided event, stored until its reward window closes.
@@ -207,6 +213,9 @@ pub struct LearnedEntry {
     pub reward: f64,
     /// Whether it is the policy's default (no reward in the window).
     pub is_default: bool,
+    /// The slot's [`Slot::aux`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aux: Vec<f64>,
 }
 
 /// What a sweep of closed windows did.

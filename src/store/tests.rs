@@ -54,6 +54,8 @@ fn event(id: &str, deferred: bool, slots: usize) -> EventRecord {
                 action: format!("act{j}"),
                 arm: j as u32,
                 x: vec![1.0, j as f64, 0.5],
+                // Slot 0 carries aux numbers back: the store keeps them.
+                aux: if j == 0 { vec![0.25, 0.125] } else { vec![] },
             })
             .collect(),
         deadline_ms: T0 + 1000,
@@ -180,6 +182,8 @@ async fn a_first_reward_is_learned_once_and_a_second_is_refused() {
         );
         assert_eq!(batch.entries[1].x, vec![1.0, 1.0, 0.5]);
         assert_eq!(batch.entries[0].event_id, "e1");
+        assert_eq!(batch.entries[0].aux, vec![0.25, 0.125], "aux comes back");
+        assert!(batch.entries[1].aux.is_empty());
     })
     .await;
 }
@@ -545,6 +549,7 @@ async fn a_pending_event_of_a_ten_arm_thirty_two_feature_policy_is_small() {
             action: "a3".into(),
             arm: 3,
             x,
+            aux: vec![],
         }],
         deadline_ms: T0 + 3_600_000,
         deferred: false,

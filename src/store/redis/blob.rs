@@ -31,7 +31,7 @@ pub(super) fn encode_event(policy: &str, event: &EventRecord) -> Vec<u8> {
     for s in &event.slots {
         field(&mut out, s.action.as_bytes());
         field(&mut out, n.format(s.arm).as_bytes());
-        field(&mut out, &compact::encode_vector(&s.x));
+        field(&mut out, &compact::encode_payload(&s.x, &s.aux));
     }
     out
 }
@@ -111,10 +111,12 @@ pub(super) fn decode_raw_vector(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
     finite(x)
 }
 
-/// Decodes a [`compact`] vector; every value must be finite.
-pub(super) fn decode_compact_vector(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
-    let x = compact::decode_vector(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    finite(x)
+/// Decodes a [`compact`] payload (vector, then aux numbers); every value
+/// must be finite.
+pub(super) fn decode_compact_payload(bytes: &[u8]) -> Result<(Vec<f64>, Vec<f64>), StoreError> {
+    let (x, aux) =
+        compact::decode_payload(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((finite(x)?, finite(aux)?))
 }
 
 fn finite(x: Vec<f64>) -> Result<Vec<f64>, StoreError> {
@@ -152,6 +154,7 @@ pub(super) fn parse_entry_or_skip(v: Value, shard: u16) -> Result<LearnedEntry, 
             x: Vec::new(),
             reward: 0.0,
             is_default: false,
+            aux: Vec::new(),
         })
     })
 }
@@ -175,6 +178,7 @@ pub(super) fn parse_entry(v: Value, shard: u16) -> Result<LearnedEntry, StoreErr
         x: vec![],
         reward: 0.0,
         is_default: false,
+        aux: vec![],
     };
     for pair in fields.chunks(2) {
         let [name, value] = pair else {
@@ -186,11 +190,11 @@ pub(super) fn parse_entry(v: Value, shard: u16) -> Result<LearnedEntry, StoreErr
                 let Value::BulkString(bytes) = value else {
                     return Err(corrupt("x"));
                 };
-                entry.x = if name == "v" {
-                    decode_compact_vector(bytes)?
+                if name == "v" {
+                    (entry.x, entry.aux) = decode_compact_payload(bytes)?;
                 } else {
-                    decode_raw_vector(bytes)?
-                };
+                    entry.x = decode_raw_vector(bytes)?;
+                }
             }
             other => {
                 let value = text(value).ok_or_else(|| corrupt(other))?;

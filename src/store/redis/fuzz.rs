@@ -33,7 +33,12 @@ fn event() -> impl Strategy<Value = EventRecord> {
                 event_id,
                 slots: slots
                     .into_iter()
-                    .map(|(action, arm, x)| Slot { action, arm, x })
+                    .map(|(action, arm, x)| Slot {
+                        action,
+                        arm,
+                        x,
+                        aux: vec![],
+                    })
                     .collect(),
                 deadline_ms,
                 deferred,
@@ -162,8 +167,8 @@ proptest! {
         if let Ok(x) = decode_raw_vector(&bytes) {
             prop_assert!(x.iter().all(|v| v.is_finite()));
         }
-        if let Ok(x) = decode_compact_vector(&bytes) {
-            prop_assert!(x.iter().all(|v| v.is_finite()));
+        if let Ok((x, aux)) = decode_compact_payload(&bytes) {
+            prop_assert!(x.iter().chain(&aux).all(|v| v.is_finite()));
         }
     }
 }

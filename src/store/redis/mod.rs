@@ -1038,6 +1038,7 @@ mod merge_tests {
             x: vec![1.0],
             reward: 1.0,
             is_default: false,
+            aux: vec![],
         }
     }
 
