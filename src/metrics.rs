@@ -66,6 +66,8 @@ pub struct Metrics {
     pub log_queue_depth: IntGauge,
     /// `nudge_log_spool_bytes`.
     pub log_spool_bytes: IntGauge,
+    /// Challengers promoted by this replica.
+    pub promotions: IntCounterVec,
     /// The published policy set this replica serves.
     pub policy_generation: IntGauge,
     /// A published policy set this replica did not switch to (its files
@@ -185,6 +187,11 @@ impl Metrics {
             ),
             log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
             log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),
+            promotions: counter(
+                "nudge_promotions_total",
+                "Shadow challengers promoted to live (by this replica)",
+                &["policy"],
+            ),
             policy_generation: gauge(
                 "nudge_policy_generation",
                 "Generation of the published policy set this replica serves",

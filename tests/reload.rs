@@ -663,4 +663,43 @@ params = { v = 0.3 }
     }
     assert_eq!(listed[0]["algorithm"], "linucb");
     assert_eq!(listed[1]["algorithm"], "lin_ts");
+
+    // Promotion: the challenger goes live under a new version, keeping the
+    // model; the old definition becomes a challenger.
+    let (status, e) = app
+        .post("/v1/policies/push/promote", &json!({"challenger": "nope"}))
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (404, Some("unknown_challenger")),
+        "{e}"
+    );
+    let (status, done) = app
+        .post("/v1/policies/push/promote", &json!({"challenger": "ts"}))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["version"], 2);
+    assert_eq!(done["previous"], "push-v1");
+    assert_eq!(change_of(&done["reload"], "push"), "kept");
+    let (_, p) = app.get_json("/v1/policies/push").await;
+    assert_eq!(p["algorithm"], "lin_ts");
+    assert_eq!(p["version"], 2);
+    assert_eq!(p["stats"], described["stats"], "the learned model is kept");
+    let ids: Vec<&str> = p["challengers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["greedy", "push-v1"]);
+    let file = std::fs::read_to_string(dir.join("push.toml")).unwrap();
+    assert!(file.contains("id = \"push-v1\""), "{file}");
+    let (status, d) = app
+        .post(
+            "/v1/decide",
+            &json!({"policy": "push", "context": {"x": [0.1, 0.2, 0.3]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["policy_version"], 2);
 }

@@ -119,6 +119,7 @@ pub const ROUTE_ROLES: &[(&str, Role)] = &[
     ("/v1/policies/{id}", Role::Read),
     ("/v1/policies/{id}/snapshot", Role::Read),
     ("/v1/policies/{id}/reset", Role::Admin),
+    ("/v1/policies/{id}/promote", Role::Admin),
     ("/metrics", Role::Read),
     ("/openapi.json", Role::Read),
 ];

@@ -17,6 +17,9 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, as a path (`context.age`).
     pub field: Option<String>,
+    /// Several problems at once (a refused policy reload lists every
+    /// `{file, key, message}`).
+    pub errors: Option<Vec<serde_json::Value>>,
 }
 
 /// The JSON shape of an error.
@@ -36,6 +39,11 @@ pub struct ErrorDetail {
     /// Path of the offending request field, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every problem, when there are several (`invalid_policy_files`:
+    /// `{file, key, message}` each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<Vec<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -46,6 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: Some(field.into()),
+            errors: None,
         }
     }
 
@@ -56,7 +65,14 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            errors: None,
         }
+    }
+
+    /// Lists several problems.
+    pub fn with_errors(mut self, errors: Vec<serde_json::Value>) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     /// Sets the field.
@@ -83,6 +99,7 @@ impl ResponseError for ApiError {
                 code: self.code.to_string(),
                 message: self.message.clone(),
                 field: self.field.clone(),
+                errors: self.errors.clone(),
             },
         })
     }

@@ -284,6 +284,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/policies/{id}/reset",
         vec![(Method::POST, web::to(policies::reset))],
     ))
+    .service(guarded(
+        "/v1/policies/{id}/promote",
+        vec![(Method::POST, web::to(policies::promote))],
+    ))
     .service(resource(
         "/healthz",
         vec![(Method::GET, web::to(health::healthz))],

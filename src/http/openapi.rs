@@ -51,6 +51,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         policies::snapshot,
         policies::reset,
         policies::reload,
+        policies::promote,
         health::healthz,
         health::readyz,
         health::metrics,

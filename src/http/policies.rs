@@ -290,14 +290,22 @@ pub async fn reset(
     )
 )]
 pub async fn reload(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    use crate::service::reload::{ReloadError, reload};
-    match reload(&state).await {
+    match crate::service::reload::reload(&state).await {
         Ok(report) => Ok(HttpResponse::Ok().json(report)),
-        Err(ReloadError::Store(e)) => {
+        Err(e) => Err(reload_error(&state, e)),
+    }
+}
+
+/// A refused reload: 422 `invalid_policy_files` with every `{file, key,
+/// message}` under `errors`, or 503 when the store failed.
+fn reload_error(state: &AppState, e: crate::service::reload::ReloadError) -> ApiError {
+    use crate::service::reload::ReloadError;
+    match e {
+        ReloadError::Store(e) => {
             state.store_result("reload", &Err::<(), _>(&e));
-            Err(super::unavailable(e))
+            super::unavailable(e)
         }
-        Err(ReloadError::Invalid(errors)) => {
+        ReloadError::Invalid(errors) => {
             let listed: Vec<Value> = errors
                 .iter()
                 .map(|e| json!({"file": e.file.display().to_string(), "key": e.key, "message": e.message}))
@@ -307,18 +315,71 @@ pub async fn reload(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            Ok(HttpResponse::UnprocessableEntity().json(json!({
-                "error": {
-                    "code": "invalid_policy_files",
-                    "message": format!("nothing changed: {message}"),
-                    "errors": listed,
-                }
-            })))
+            ApiError::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_policy_files",
+                format!("nothing changed: {message}"),
+            )
+            .with_errors(listed)
         }
-        Err(e @ ReloadError::Empty(_)) => Err(ApiError::new(
+        e @ ReloadError::Empty(_) => ApiError::new(
             actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_policy_files",
             format!("nothing changed: {e}"),
+        ),
+    }
+}
+
+/// `POST /v1/policies/{id}/promote` body.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// The challenger to make live.
+    #[schema(value_type = PolicyId)]
+    pub challenger: String,
+}
+
+/// `POST /v1/policies/{id}/promote` (admin): makes a shadow challenger the
+/// live policy on every replica. The policy file is rewritten (the
+/// challenger's algorithm and params become the policy's, the old ones a
+/// challenger `<id>-v<version>`, the version goes up by one) and reloaded;
+/// the learned model is kept (see [`crate::service::promote`]).
+#[utoipa::path(
+    post,
+    path = "/v1/policies/{id}/promote",
+    params(("id" = PolicyId, Path, description = "Policy id")),
+    request_body = PromoteBody,
+    responses(
+        (status = 200, description = "`{\"policy\", \"promoted\", \"previous\", \"version\", \"reload\"}`", content_type = "application/json"),
+        (status = 400, description = "`invalid_json`, `invalid_field`, `invalid_policy_id`", body = super::error::ErrorBody),
+        (status = 404, description = "`unknown_policy`, or `unknown_challenger` (field `challenger`)", body = super::error::ErrorBody),
+        (status = 422, description = "`invalid_policy_files`: the rewritten files were refused; the old file is back", body = super::error::ErrorBody),
+        (status = 500, description = "`policy_file`: the policy file could not be rewritten", body = super::error::ErrorBody),
+        (status = 503, description = "`store_unavailable`; the old file is back", body = super::error::ErrorBody),
+    )
+)]
+pub async fn promote(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use crate::service::promote::{PromoteError, promote};
+    let rt = state.policy(&path, "id")?;
+    let body = super::read_body(payload, state.settings.max_body_bytes).await?;
+    let body: PromoteBody = super::parse_json(&body)?;
+    match promote(&state, rt.id(), &body.challenger).await {
+        Ok(done) => Ok(HttpResponse::Ok().json(done)),
+        Err(e @ PromoteError::UnknownChallenger { .. }) => Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "unknown_challenger",
+            e.to_string(),
+        )
+        .at("challenger")),
+        Err(e @ PromoteError::File { .. }) => Err(ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "policy_file",
+            e.to_string(),
         )),
+        Err(PromoteError::Reload(e)) => Err(reload_error(&state, e)),
     }
 }

@@ -4,6 +4,7 @@
 //! background tasks ([`crate::startup`]) all call it.
 
 pub mod decide;
+pub mod promote;
 pub mod reload;
 pub mod reward;
 pub mod stored;
