@@ -13,6 +13,7 @@ use crate::policy::{Aggregation, Policy};
 use crate::store::{Cursor, RewardRules, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -32,8 +33,12 @@ pub struct PolicyRuntime {
     pub policy: Policy,
     /// Its reward rules, as the store needs them.
     pub rules: RewardRules,
+    /// This replica's live aggregates of the policy (the live page).
+    pub monitor: crate::monitor::PolicyMonitor,
     model: ArcSwap<LinearModel>,
     sync: Mutex<SyncState>,
+    /// When a sync last reached the store (unix ms; 0: never).
+    last_sync_ms: AtomicI64,
 }
 
 /// Why a sync failed.
@@ -55,9 +60,15 @@ impl PolicyRuntime {
             retention_ms: retention.as_millis() as i64,
         };
         let model = ArcSwap::from_pointee(policy.new_model());
+        let monitor = crate::monitor::PolicyMonitor::new(match spec.mode {
+            crate::policy::Mode::Disjoint => &spec.arms,
+            crate::policy::Mode::Shared => &[],
+        });
         PolicyRuntime {
             policy,
             rules,
+            monitor,
+            last_sync_ms: AtomicI64::new(0),
             model,
             sync: Mutex::new(SyncState {
                 epoch: None,
@@ -78,10 +89,25 @@ impl PolicyRuntime {
         self.model.load_full()
     }
 
+    /// When a sync of this replica last reached the store (unix ms), if one
+    /// did.
+    pub fn last_sync_ms(&self) -> Option<i64> {
+        Some(self.last_sync_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
     /// Folds everything new in the store into the local model; returns how
     /// many entries were applied. Entries that do not fit the model (a
     /// policy file changed its features) are skipped and counted.
     pub async fn sync(&self, store: &Store, metrics: &Metrics) -> Result<usize, SyncError> {
+        let synced = self.fold(store, metrics).await;
+        if synced.is_ok() {
+            self.last_sync_ms
+                .store(crate::service::unix_ms(), Ordering::Relaxed);
+        }
+        synced
+    }
+
+    async fn fold(&self, store: &Store, metrics: &Metrics) -> Result<usize, SyncError> {
         const BATCH: usize = 5_000;
         let mut st = self.sync.lock().await;
         let mut applied = 0;
@@ -205,6 +231,12 @@ impl PolicyRuntime {
                 .default_rewards
                 .with_label_values(&[self.id()])
                 .inc();
+            self.monitor.reward(
+                crate::service::unix_ms(),
+                self.policy.spec().arm_index(action),
+                *reward,
+                true,
+            );
             log.record(LogRecord::Reward(RewardRow {
                 reward_id: uuid::Uuid::now_v7(),
                 event_id: event_id.clone(),

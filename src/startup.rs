@@ -119,6 +119,8 @@ impl Application {
             outbox,
             clock: crate::clock::Clock::system(),
             embedded,
+            replica: crate::monitor::replica_name(settings.replica.as_deref()),
+            started_ms: crate::service::unix_ms(),
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
