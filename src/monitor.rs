@@ -61,9 +61,9 @@ struct AtomicF64(AtomicU64);
 impl AtomicF64 {
     fn add(&self, v: f64) {
         // A CAS loop: uncontended it succeeds at once.
-        let _ = self
-            .0
-            .fetch_update(Relaxed, Relaxed, |b| Some((f64::from_bits(b) + v).to_bits()));
+        let _ = self.0.fetch_update(Relaxed, Relaxed, |b| {
+            Some((f64::from_bits(b) + v).to_bits())
+        });
     }
     fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Relaxed))
@@ -247,8 +247,7 @@ impl PolicyMonitor {
                 c.reward_sum.reset();
                 c.reward_sq.reset();
             }
-            b.second
-                .store(second, std::sync::atomic::Ordering::Release);
+            b.second.store(second, std::sync::atomic::Ordering::Release);
         }
         Some(i)
     }
@@ -338,7 +337,9 @@ impl PolicyMonitor {
             out.default_rewards += b.default_rewards.load(Relaxed);
             out.degraded += b.degraded.load(Relaxed);
             out.non_binary |= b.non_binary.load(Relaxed);
-            out.min_propensity = out.min_propensity.min(f64::from_bits(b.min_p.load(Relaxed)));
+            out.min_propensity = out
+                .min_propensity
+                .min(f64::from_bits(b.min_p.load(Relaxed)));
             out.w_sum += b.w_sum.get();
             out.w_sq += b.w_sq.get();
             for (g, a) in out.guardrails.iter_mut().zip(&b.guardrails) {
@@ -427,12 +428,14 @@ impl Aggregate {
 
     /// All rows together.
     pub fn overall(&self) -> ArmAggregate {
-        self.arms.iter().fold(ArmAggregate::default(), |t, a| ArmAggregate {
-            decisions: t.decisions + a.decisions,
-            rewards: t.rewards + a.rewards,
-            reward_sum: t.reward_sum + a.reward_sum,
-            reward_sq: t.reward_sq + a.reward_sq,
-        })
+        self.arms
+            .iter()
+            .fold(ArmAggregate::default(), |t, a| ArmAggregate {
+                decisions: t.decisions + a.decisions,
+                rewards: t.rewards + a.rewards,
+                reward_sum: t.reward_sum + a.reward_sum,
+                reward_sq: t.reward_sq + a.reward_sq,
+            })
     }
 
     /// `(Σw)² / Σw²` (see [`PolicyMonitor::decision`]); `None` without

@@ -102,8 +102,14 @@ async fn decisions_and_rewards_are_counted_per_arm(app: &TestApp) {
             let mean = rewarded.iter().sum::<f64>() / rewarded.len() as f64;
             assert!(close(row["mean"].as_f64().unwrap(), mean), "{row}");
             let (low, high) = (row["low"].as_f64().unwrap(), row["high"].as_f64().unwrap());
-            assert!(0.0 <= low && low <= mean && mean <= high && high <= 1.0, "{row}");
-            assert!(high - low > 0.1, "a Wilson interval on a few rewards is wide: {row}");
+            assert!(
+                0.0 <= low && low <= mean && mean <= high && high <= 1.0,
+                "{row}"
+            );
+            assert!(
+                high - low > 0.1,
+                "a Wilson interval on a few rewards is wide: {row}"
+            );
         }
     }
     // The overall reward row: 3 of 5.
@@ -113,13 +119,16 @@ async fn decisions_and_rewards_are_counted_per_arm(app: &TestApp) {
     // ESS with w = 1/(3p): every arm of `push` is eligible.
     let w: Vec<f64> = chosen.iter().map(|c| 1.0 / (3.0 * c.1)).collect();
     let ess = w.iter().sum::<f64>().powi(2) / w.iter().map(|w| w * w).sum::<f64>();
-    assert!(close(total["ess"].as_f64().unwrap(), ess), "{total} vs {ess}");
+    assert!(
+        close(total["ess"].as_f64().unwrap(), ess),
+        "{total} vs {ess}"
+    );
     assert!(close(total["ess_ratio"].as_f64().unwrap(), ess / 12.0));
     assert_eq!(total["guardrails"]["held"], 0);
 
-    // The overview: pending events from the store (12 decided, 5 rewarded
-    // with aggregation `first`: 7 wait), the last minute, a sync.
-    let o = overview_until(app, "push", |p| p["pending_events"] == 7).await;
+    // The overview: pending events from the store (12 decided, their 1 h
+    // windows open, rewarded or not), the last minute, a sync.
+    let o = overview_until(app, "push", |p| p["pending_events"] == 12).await;
     assert_eq!(o["replica"], ts["replica"]);
     assert_eq!(o["health"]["scope"], "replica");
     assert_eq!(o["health"]["outbox_ops"], 0);

@@ -324,8 +324,9 @@ pub struct PolicyOverview {
     /// When this replica's model last synced with the store (unix ms; null:
     /// never).
     pub last_sync_ms: Option<i64>,
-    /// Decisions waiting for a reward or their window's end, from the
-    /// shared store: every replica's (null if the store did not answer).
+    /// Events whose reward window is still open (rewarded or not), from
+    /// the shared store: every replica's (null if the store did not
+    /// answer).
     pub pending_events: Option<u64>,
     /// Always `store`: `pending_events` is cross-replica.
     pub pending_scope: Scope,

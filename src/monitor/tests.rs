@@ -141,7 +141,7 @@ fn the_ess_is_n_under_uniform_logging_and_falls_as_the_policy_concentrates() {
     }
     let a = m.aggregate(T0 / 1000, T0 / 1000);
     // w = 1/(4p): 91 of 1/3.64 and 9 of 1/0.12.
-    let (w0, w1) = (1.0 / 3.64, 1.0 / 0.12);
+    let (w0, w1): (f64, f64) = (1.0 / 3.64, 1.0 / 0.12);
     let expected = (91.0 * w0 + 9.0 * w1).powi(2) / (91.0 * w0 * w0 + 9.0 * w1 * w1);
     assert!(close(a.ess().unwrap(), expected, 1e-9));
     assert!(a.ess().unwrap() < 20.0);
@@ -258,6 +258,9 @@ fn binary_rewards_get_wilson_and_others_the_normal_interval() {
 fn the_replica_name_is_the_setting_or_host_and_pid() {
     assert_eq!(replica_name(Some("eu-1")), "eu-1");
     let auto = replica_name(None);
-    assert!(auto.ends_with(&format!("/{}", std::process::id())), "{auto}");
+    assert!(
+        auto.ends_with(&format!("/{}", std::process::id())),
+        "{auto}"
+    );
     assert_eq!(replica_name(Some("")), auto);
 }
