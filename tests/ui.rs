@@ -4,7 +4,9 @@
 //! driving Debian's headless Chromium with `playwright-core` (never a
 //! downloaded browser). The script checks that the page lists every policy
 //! and that its decisions figure changes after this test sends more, and
-//! saves `target/ui-artifacts/dashboard.png`.
+//! saves `target/ui-artifacts/dashboard.png`; then, on a second service
+//! with API keys, that the page asks for a `read` key and works with one
+//! typed in or given as `#key=…`.
 //!
 //! Needs `node` and `/usr/bin/chromium` (or `CHROMIUM`); installs
 //! `playwright-core` into `tests/ui/node_modules` with `npm ci` if missing.
@@ -23,6 +25,8 @@ use support::servers::NudgeProcess;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const POLICIES: &str = "push_send,notification_channel,discovery_ranking";
+/// The `read` key of the keyed service.
+const READ_KEY: &str = "viewer-0123456789abcdef";
 
 fn ui_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui")
@@ -107,7 +111,7 @@ async fn the_live_page_lists_the_policies_and_its_figures_follow_the_traffic() {
             std::env::var_os("NUDGE_UI_REQUIRED").is_none(),
             "the browser check must run (NUDGE_UI_REQUIRED) but cannot: {why}"
         );
-        eprintln!("SKIPPED the_live_page_…: {why}");
+        eprintln!("SKIPPED tests/ui.rs (the live page in a browser): {why}");
         return;
     }
     let started = Instant::now();
@@ -128,6 +132,19 @@ async fn the_live_page_lists_the_policies_and_its_figures_follow_the_traffic() {
     .collect();
     let nudge = NudgeProcess::spawn(&env, dir.path()).await;
     traffic(&nudge, 0..20).await;
+    // A second service, with API keys: the page must ask for a `read` key.
+    let keyed_dir = tempfile::tempdir().unwrap();
+    let mut keyed_env = env.clone();
+    keyed_env.insert(
+        "NUDGE_DATA_DIR".into(),
+        keyed_dir.path().join("data").display().to_string(),
+    );
+    keyed_env.insert(
+        "NUDGE_DATABASE_URL".into(),
+        format!("sqlite://{}", keyed_dir.path().join("nudge.db").display()),
+    );
+    keyed_env.insert("NUDGE_API_KEYS".into(), format!("viewer:read:{READ_KEY}"));
+    let keyed = NudgeProcess::spawn(&keyed_env, keyed_dir.path()).await;
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
@@ -140,6 +157,8 @@ async fn the_live_page_lists_the_policies_and_its_figures_follow_the_traffic() {
         .arg(format!("{}/", nudge.address))
         .arg(POLICIES)
         .arg(&screenshot)
+        .arg(format!("{}/", keyed.address))
+        .arg(READ_KEY)
         .env("CHROMIUM", chromium())
         .current_dir(ui_dir())
         .stdin(Stdio::piped())
@@ -173,6 +192,8 @@ async fn the_live_page_lists_the_policies_and_its_figures_follow_the_traffic() {
     };
     assert_eq!(after[0], before);
     assert!(after[1] > before && after[1] <= 35, "{changed}");
+    let keyed_page = next().await;
+    assert_eq!(keyed_page, "KEYED", "browser, keyed service: {keyed_page}");
     let done = next().await;
     assert_eq!(done, "OK", "browser: {done}");
     assert!(script.wait().await.unwrap().success());

@@ -1,10 +1,14 @@
 // The live page in a real browser, driven by tests/ui.rs:
-//   node check.mjs URL POLICIES SCREENSHOT
-// POLICIES: the comma-separated ids the page must list. Talks to the Rust
+//   node check.mjs URL POLICIES SCREENSHOT [KEYED_URL KEY]
+// POLICIES: the comma-separated ids the page must list. KEYED_URL: the page
+// of a service with API keys, KEY a `read` key of it: without a key the page
+// asks for one; given in the form, or as `#key=…`, it shows the policies.
+// Talks to the Rust
 // test over stdio, one line each way:
 //   -> "READ <policy> <decisions>"   the decisions figure the page shows
 //   <- "SENT"                        the test sent more decisions
 //   -> "CHANGED <before> <after>"    the page's figure changed
+//   -> "KEYED"                       the keyed service's page works (if given)
 //   -> "OK"                          every check passed, screenshot saved
 // Any failure prints "FAIL <why>" and exits 1. Chromium is the system's
 // (CHROMIUM, default /usr/bin/chromium), never a downloaded one.
@@ -14,7 +18,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 
-const [url, policyList, screenshot] = process.argv.slice(2);
+const [url, policyList, screenshot, keyedUrl, key] = process.argv.slice(2);
 const policies = policyList.split(",");
 const watched = policies[0];
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
@@ -89,6 +93,24 @@ try {
   if (banner) throw new Error("error banner: " + (await page.locator("#error").textContent()));
   mkdirSync(dirname(screenshot), { recursive: true });
   await page.screenshot({ path: screenshot, fullPage: true });
+  if (keyedUrl) {
+    // Without a key: the page asks for one, and shows no policy.
+    const asks = await browser.newPage();
+    await asks.goto(keyedUrl);
+    await asks.waitForSelector("#keybox", { state: "visible", timeout: 15000 });
+    await asks.waitForSelector("#error.show", { timeout: 15000 });
+    if (await asks.locator("[data-policy]").count()) throw new Error("policies shown without a key");
+    // The key typed into the form.
+    await asks.fill("#key", key);
+    await asks.click("#keybox button");
+    await asks.waitForSelector(`[data-policy="${watched}"]`, { timeout: 15000 });
+    // The key in the address: used, then removed from it.
+    const linked = await browser.newPage();
+    await linked.goto(`${keyedUrl}#key=${encodeURIComponent(key)}`);
+    await linked.waitForSelector(`[data-policy="${watched}"]`, { timeout: 15000 });
+    if (new URL(linked.url()).hash) throw new Error("the key stayed in the address: " + linked.url());
+    say("KEYED");
+  }
   say("OK");
 } catch (e) {
   say(`FAIL ${String(e && e.message ? e.message : e).replace(/\n/g, " ")}`);
