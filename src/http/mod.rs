@@ -230,8 +230,8 @@ pub fn check_policy_id(id: &str, field: &str) -> Result<(), ApiError> {
 /// Wires every route. Unknown routes and wrong methods answer the JSON
 /// error shape too; a wrong method is 405 with `Allow` naming the methods
 /// the resource has (see [`resource`]). Every resource but the health
-/// checks and the live page (`/`, which holds no data) is wrapped in [`auth::Require`], with the role
-/// [`auth::ROUTE_ROLES`] gives it.
+/// checks and the live page (`/`, which holds no data) is wrapped in
+/// [`auth::Require`], with the role [`auth::ROUTE_ROLES`] gives it.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use actix_web::http::Method;
     let guarded = |path: &str, methods: Vec<(Method, Route)>| {

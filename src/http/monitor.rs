@@ -57,11 +57,13 @@ pub struct Span {
     pub seconds: i64,
     /// Decisions made.
     pub decisions: u64,
-    /// Decisions per second over the span.
+    /// Decisions per second over the span (its length in seconds; the last
+    /// span ends with the current second, still filling, so it reads a
+    /// little low).
     pub decisions_per_second: f64,
     /// Rewards learned (received ones and default ones).
     pub rewards: u64,
-    /// Rewards per second over the span.
+    /// Rewards per second over the span (as `decisions_per_second`).
     pub rewards_per_second: f64,
     /// Default rewards: windows that closed without a reward.
     pub default_rewards: u64,
