@@ -124,6 +124,10 @@ async fn decisions_and_rewards_are_counted_per_arm(app: &TestApp) {
         "{total} vs {ess}"
     );
     assert!(close(total["ess_ratio"].as_f64().unwrap(), ess / 12.0));
+    // Rates over the time elapsed: the window's last second is still
+    // filling, so at least 12 decisions per 120 s, at most per 119 s.
+    let rate = total["decisions_per_second"].as_f64().unwrap();
+    assert!((12.0 / 120.0..=12.0 / 119.0).contains(&rate), "{rate}");
     assert_eq!(total["guardrails"]["held"], 0);
 
     // The overview: pending events from the store (12 decided, their 1 h

@@ -57,9 +57,8 @@ pub struct Span {
     pub seconds: i64,
     /// Decisions made.
     pub decisions: u64,
-    /// Decisions per second over the span (its length in seconds; the last
-    /// span ends with the current second, still filling, so it reads a
-    /// little low).
+    /// Decisions per second over the span: over the time elapsed in it,
+    /// for the last span, which ends with the current second.
     pub decisions_per_second: f64,
     /// Rewards learned (received ones and default ones).
     pub rewards: u64,
@@ -102,17 +101,46 @@ fn arm_span(a: &monitor::ArmAggregate, total: u64, binary: bool) -> ArmSpan {
     }
 }
 
-fn span(t: i64, seconds: i64, a: &Aggregate, binary: bool) -> Span {
+/// When a span is read: its last whole second and how far into the
+/// current one (unix ms).
+#[derive(Clone, Copy)]
+struct Now {
+    second: i64,
+    ms: i64,
+}
+
+impl Now {
+    fn at(ms: i64) -> Now {
+        Now {
+            second: ms.div_euclid(1000),
+            ms,
+        }
+    }
+
+    /// Seconds elapsed in the span of `seconds` from second `t`: all of
+    /// them for a past span, up to now for the one that holds the current
+    /// second (so its rates do not read low while it fills).
+    fn elapsed(self, t: i64, seconds: i64) -> f64 {
+        if t + seconds - 1 < self.second {
+            return seconds as f64;
+        }
+        let into = self.ms.rem_euclid(1000).max(1) as f64 / 1000.0;
+        (self.second - t) as f64 + into
+    }
+}
+
+fn span(t: i64, seconds: i64, now: Now, a: &Aggregate, binary: bool) -> Span {
     let names = monitor::guardrail_names();
     let rewards = a.rewards();
     let ess = a.ess();
+    let elapsed = now.elapsed(t, seconds);
     Span {
         t,
         seconds,
         decisions: a.decisions,
-        decisions_per_second: a.decisions as f64 / seconds as f64,
+        decisions_per_second: a.decisions as f64 / elapsed,
         rewards,
-        rewards_per_second: rewards as f64 / seconds as f64,
+        rewards_per_second: rewards as f64 / elapsed,
         default_rewards: a.default_rewards,
         degraded: a.degraded,
         min_propensity: a.min_propensity.is_finite().then_some(a.min_propensity),
@@ -261,14 +289,15 @@ pub async fn timeseries(
 ) -> Result<HttpResponse, ApiError> {
     let rt = state.policy(&path, "id")?.clone();
     let (window, step) = window_and_step(req.query_string())?;
-    let end = crate::service::unix_ms().div_euclid(1000);
+    let now = Now::at(crate::service::unix_ms());
+    let end = now.second;
     let total = rt.monitor.aggregate(end - window + 1, end);
     let binary = !total.non_binary;
     let points = rt
         .monitor
         .series(end, window, step)
         .iter()
-        .map(|(t, a)| span(*t, step, a, binary))
+        .map(|(t, a)| span(*t, step, now, a, binary))
         .collect();
     Ok(HttpResponse::Ok().json(Timeseries {
         policy: rt.id().to_string(),
@@ -280,7 +309,7 @@ pub async fn timeseries(
         arms: rt.monitor.rows().to_vec(),
         interval: method(binary),
         points,
-        total: span(end - window + 1, window, &total, binary),
+        total: span(end - window + 1, window, now, &total, binary),
     }))
 }
 
@@ -358,7 +387,8 @@ pub struct Overview {
     pub policies: Vec<PolicyOverview>,
 }
 
-async fn policy_overview(state: &AppState, rt: &PolicyRuntime, end: i64) -> PolicyOverview {
+async fn policy_overview(state: &AppState, rt: &PolicyRuntime, now: Now) -> PolicyOverview {
+    let end = now.second;
     let pending = state.store.pending(rt.id()).await;
     state.store_result("pending", &pending);
     let spec = rt.policy.spec();
@@ -376,7 +406,7 @@ async fn policy_overview(state: &AppState, rt: &PolicyRuntime, end: i64) -> Poli
         pending_scope: Scope::Store,
         default_reward: spec.reward.default,
         reward_window_seconds: spec.reward.window.as_secs_f64(),
-        last_minute: span(end - 59, 60, &a, binary),
+        last_minute: span(end - 59, 60, now, &a, binary),
         interval: method(binary),
     }
 }
@@ -392,12 +422,12 @@ async fn policy_overview(state: &AppState, rt: &PolicyRuntime, end: i64) -> Poli
 )]
 pub async fn overview(state: web::Data<AppState>) -> HttpResponse {
     let now_ms = crate::service::unix_ms();
-    let end = now_ms.div_euclid(1000);
+    let now = Now::at(now_ms);
     let policies = futures_util::future::join_all(
         state
             .policies
             .values()
-            .map(|rt| policy_overview(&state, rt, end)),
+            .map(|rt| policy_overview(&state, rt, now)),
     )
     .await;
     HttpResponse::Ok().json(Overview {
@@ -445,6 +475,16 @@ const PAGE: &str = include_str!("ui.html");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_holding_the_current_second_counts_only_the_time_elapsed() {
+        let now = Now::at(100_250); // 250 ms into second 100
+        assert_eq!(now.elapsed(90, 10), 10.0);
+        assert!((now.elapsed(91, 10) - 9.25).abs() < 1e-12);
+        assert!((now.elapsed(100, 1) - 0.25).abs() < 1e-12);
+        // At a second's first millisecond: never a division by zero.
+        assert!(Now::at(100_000).elapsed(100, 5) > 0.0);
+    }
 
     #[test]
     fn durations_are_whole_seconds_minutes_or_hours() {
