@@ -11,6 +11,17 @@ export CARGO_INCREMENTAL=0
 df -h . | tail -1
 scripts/deps.sh
 scripts/services.sh
+# The live page's browser check (tests/ui.rs): Debian's Chromium, and
+# playwright-core from npm (tests/ui/package-lock.json); never a downloaded
+# browser. Once both are here the check must run, not skip.
+if ! [ -x /usr/bin/chromium ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium nodejs npm
+fi
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+export NUDGE_UI_REQUIRED=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo deny check licenses bans sources

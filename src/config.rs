@@ -105,6 +105,9 @@ pub struct Settings {
     pub drain_ms: u64,
     /// `NUDGE_WORKERS`: HTTP worker threads (0 = one per core).
     pub workers: usize,
+    /// `NUDGE_REPLICA`: this replica's name on the live page and its JSON
+    /// routes (default: `hostname/pid`).
+    pub replica: Option<String>,
 }
 
 impl Default for Settings {
@@ -142,6 +145,7 @@ impl Default for Settings {
             max_k: 100,
             drain_ms: 1_000,
             workers: 0,
+            replica: None,
         }
     }
 }

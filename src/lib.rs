@@ -28,6 +28,8 @@
 //! - [`http`]: the HTTP API, one file per route group.
 //! - [`config`], [`startup`], [`metrics`], [`telemetry`]: settings, building
 //!   and running the service, Prometheus metrics, logging.
+//! - [`monitor`]: per-policy, per-replica live aggregates (one-second
+//!   buckets over the last hour) behind the live page (`GET /`).
 //!
 //! Decisions flow score → explore → sample: the model scores candidates,
 //! exploration turns scores into probabilities, the sampler draws with an
@@ -42,6 +44,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod policy;
 pub mod recovery;
 pub mod runtime;

@@ -13,7 +13,7 @@ use crate::policy::{Aggregation, Followed, Learning, Policy};
 use crate::store::{Cursor, RewardRules, Store, StoreError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -133,6 +133,8 @@ pub struct PolicyRuntime {
     pub policy: Policy,
     /// Its reward rules, as the store needs them.
     pub rules: RewardRules,
+    /// This replica's live aggregates of the policy (the live page).
+    pub monitor: Arc<crate::monitor::PolicyMonitor>,
     model: ArcSwap<LinearModel>,
     /// `logging_only`: the model decisions are made with, fixed when the
     /// mode took effect (the first sync that reached the store).
@@ -142,6 +144,8 @@ pub struct PolicyRuntime {
     pub apprentice: ApprenticeStats,
     /// The shadow challengers, scoring with this policy's model.
     pub challengers: Vec<Policy>,
+    /// When a sync last reached the store (unix ms; 0: never).
+    last_sync_ms: AtomicI64,
 }
 
 /// Why a sync failed.
@@ -168,9 +172,15 @@ impl PolicyRuntime {
             challengers: vec![[0.0; 4]; challengers.len()],
             ..Shadow::default()
         };
+        let monitor = crate::monitor::PolicyMonitor::new(match spec.mode {
+            crate::policy::Mode::Disjoint => &spec.arms,
+            crate::policy::Mode::Shared => &[],
+        });
         PolicyRuntime {
             policy,
             rules,
+            monitor: Arc::new(monitor),
+            last_sync_ms: AtomicI64::new(0),
             model,
             frozen: arc_swap::ArcSwapOption::empty(),
             sync: Mutex::new(SyncState {
@@ -190,8 +200,11 @@ impl PolicyRuntime {
     /// ([`crate::policy::PolicySpec::same_layout`]): it keeps `old`'s
     /// model and its place in the learned stream, so nothing learned is
     /// lost or folded twice.
+    /// The live page's history carries over too (same arms).
     pub async fn carry(policy: Policy, retention: Duration, old: &PolicyRuntime) -> Self {
-        let rt = PolicyRuntime::new(policy, retention);
+        let mut rt = PolicyRuntime::new(policy, retention);
+        rt.monitor = old.monitor.clone();
+        rt.last_sync_ms = AtomicI64::new(old.last_sync_ms.load(Ordering::Relaxed));
         {
             let from = old.sync.lock().await;
             let mut to = rt.sync.lock().await;
@@ -279,10 +292,25 @@ impl PolicyRuntime {
         (n, Some(mean), se)
     }
 
+    /// When a sync of this replica last reached the store (unix ms), if one
+    /// did.
+    pub fn last_sync_ms(&self) -> Option<i64> {
+        Some(self.last_sync_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
     /// Folds everything new in the store into the local model; returns how
     /// many entries were applied. Entries that do not fit the model (a
     /// policy file changed its features) are skipped and counted.
     pub async fn sync(&self, store: &Store, metrics: &Metrics) -> Result<usize, SyncError> {
+        let synced = self.fold(store, metrics).await;
+        if synced.is_ok() {
+            self.last_sync_ms
+                .store(crate::service::unix_ms(), Ordering::Relaxed);
+        }
+        synced
+    }
+
+    async fn fold(&self, store: &Store, metrics: &Metrics) -> Result<usize, SyncError> {
         const BATCH: usize = 5_000;
         let mut st = self.sync.lock().await;
         let mut applied = 0;
@@ -443,6 +471,12 @@ impl PolicyRuntime {
                 .default_rewards
                 .with_label_values(&[self.id()])
                 .inc();
+            self.monitor.reward(
+                crate::service::unix_ms(),
+                self.policy.spec().arm_index(action),
+                *reward,
+                true,
+            );
             log.record(LogRecord::Reward(RewardRow {
                 reward_id: uuid::Uuid::now_v7(),
                 event_id: event_id.clone(),

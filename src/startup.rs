@@ -43,6 +43,9 @@ pub enum StartupError {
     /// Binding the listener failed.
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
+    /// The SIGHUP handler (policy reload) could not be installed.
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
 }
 
 /// A built, bound, not yet running service.
@@ -125,6 +128,8 @@ impl Application {
             outbox,
             clock: crate::clock::Clock::system(),
             embedded,
+            replica: crate::monitor::replica_name(settings.replica.as_deref()),
+            started_ms: crate::service::unix_ms(),
         });
         // Load the shared models before taking traffic (best effort: a store
         // that is down only means starting from the prior, degraded).
@@ -138,6 +143,10 @@ impl Application {
         let adopted = crate::service::reload::adopt(&state).await;
         state.store_result("policy_set", &adopted);
 
+        // Listen for SIGHUP before the first request can be answered: a
+        // SIGHUP before the handler exists would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartupError::Signal)?;
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| StartupError::Bind(settings.bind.clone(), e))?;
         let port = listener
@@ -183,7 +192,7 @@ impl Application {
 
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(reload_on_hangup(state.clone(), stopped.clone())),
+            tokio::spawn(reload_on_hangup(state.clone(), hangup, stopped.clone())),
             tokio::spawn(learner(state.clone(), stopped.clone())),
             tokio::spawn(sweeper(state.clone(), stopped.clone())),
             tokio::spawn(replayer(state.clone(), stopped)),
@@ -269,12 +278,11 @@ async fn stop_on_signal(state: web::Data<AppState>, server: ServerHandle, drain:
 }
 
 /// On SIGHUP: reloads the policy files (as `POST /v1/policies/reload`).
-async fn reload_on_hangup(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP");
-        return;
-    };
+async fn reload_on_hangup(
+    state: web::Data<AppState>,
+    mut hup: tokio::signal::unix::Signal,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = hup.recv() => {}

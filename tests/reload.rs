@@ -335,14 +335,15 @@ async fn sighup_reloads_the_binary() {
     let nudge = support::servers::NudgeProcess::spawn(&env, dir.path()).await;
     let client = reqwest::Client::new();
     let alpha = || async {
-        let v: Value = client
+        let r = client
             .get(format!("{}/v1/policies/push", nudge.address))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{status}: {e}: {text:?}\n{}", nudge.stderr()));
         v["params"]["alpha"].as_f64().unwrap()
     };
     assert_eq!(alpha().await, 1.0);

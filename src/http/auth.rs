@@ -4,7 +4,8 @@
 //!
 //! # Keys and roles
 //! A key has a role: `decide` (decide, reward, activate), `read` (policy
-//! list, description and snapshot, metrics, the OpenAPI document) or `admin`
+//! list, description, snapshot and timeseries, the overview, metrics, the
+//! OpenAPI document) or `admin`
 //! (everything, including reset). Keys come from `NUDGE_API_KEYS`
 //! (`name:role[@rate[/burst]]:secret`, comma-separated; see
 //! [`parse_env_keys`]), from the TOML file `NUDGE_API_KEYS_FILE` (see
@@ -15,7 +16,8 @@
 //! - only `NUDGE_ADMIN_TOKEN`: admin routes only (what that setting always
 //!   meant; decide and read routes stay open);
 //! - any `NUDGE_API_KEYS` / `NUDGE_API_KEYS_FILE` key: every route except
-//!   `/healthz` and `/readyz`.
+//!   `/healthz`, `/readyz` and the live page `/` (its HTML holds no data;
+//!   the routes it reads need `read`).
 //!
 //! A key is sent as `Authorization: Bearer <key>` or `X-Api-Key: <key>`. A
 //! missing or unknown key is 401 `unauthorized` (with `WWW-Authenticate:
@@ -109,7 +111,8 @@ impl fmt::Display for Role {
 
 /// The role each guarded route needs, by its path pattern: the one table
 /// that [`super::routes`] and the OpenAPI document read. Routes not listed
-/// (`/healthz`, `/readyz`) need no key.
+/// (`/healthz`, `/readyz`, and `/`, the live page, which holds no data:
+/// its figures come from `read` routes) need no key.
 pub const ROUTE_ROLES: &[(&str, Role)] = &[
     ("/v1/decide", Role::Decide),
     ("/v1/reward", Role::Decide),
@@ -120,6 +123,8 @@ pub const ROUTE_ROLES: &[(&str, Role)] = &[
     ("/v1/policies/{id}/snapshot", Role::Read),
     ("/v1/policies/{id}/reset", Role::Admin),
     ("/v1/policies/{id}/promote", Role::Admin),
+    ("/v1/policies/{id}/timeseries", Role::Read),
+    ("/v1/overview", Role::Read),
     ("/metrics", Role::Read),
     ("/openapi.json", Role::Read),
 ];

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod decide;
 pub mod error;
 pub mod health;
+pub mod monitor;
 pub mod openapi;
 pub mod policies;
 pub mod reward;
@@ -244,8 +245,8 @@ pub fn check_policy_id(id: &str, field: &str) -> Result<(), ApiError> {
 /// Wires every route. Unknown routes and wrong methods answer the JSON
 /// error shape too; a wrong method is 405 with `Allow` naming the methods
 /// the resource has (see [`resource`]). Every resource but the health
-/// checks is wrapped in [`auth::Require`], with the role
-/// [`auth::ROUTE_ROLES`] gives it.
+/// checks and the live page (`/`, which holds no data) is wrapped in
+/// [`auth::Require`], with the role [`auth::ROUTE_ROLES`] gives it.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use actix_web::http::Method;
     let guarded = |path: &str, methods: Vec<(Method, Route)>| {
@@ -280,6 +281,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/policies/{id}/snapshot",
         vec![(Method::GET, web::to(policies::snapshot))],
     ))
+    .service(guarded(
+        "/v1/policies/{id}/timeseries",
+        vec![(Method::GET, web::to(monitor::timeseries))],
+    ))
+    .service(guarded(
+        "/v1/overview",
+        vec![(Method::GET, web::to(monitor::overview))],
+    ))
+    // The live page holds no data (it reads the two routes above): public.
+    .service(resource("/", vec![(Method::GET, web::to(monitor::page))]))
     .service(guarded(
         "/v1/policies/{id}/reset",
         vec![(Method::POST, web::to(policies::reset))],

@@ -15,7 +15,7 @@ use super::{
     AppState, EVENT_ID_PATTERN, MAX_ACTION_ID_LEN, MAX_EVENT_ID_LEN, MAX_POLICY_ID_LEN,
     POLICY_ID_PATTERN,
 };
-use super::{auth, decide, error, health, policies, reward};
+use super::{auth, decide, error, health, monitor, policies, reward};
 use crate::config::Settings;
 use crate::features::{MAX_FEATURES, MAX_MAGNITUDE, MAX_NAME_LEN, MAX_STRING_LEN, MAX_VECTOR_LEN};
 use crate::policy::spec::MAX_REWARD;
@@ -52,6 +52,9 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         policies::reset,
         policies::reload,
         policies::promote,
+        monitor::timeseries,
+        monitor::overview,
+        monitor::page,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -76,6 +79,13 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         SignalValue,
         ExcludedBy,
         AcceptedStatus,
+        monitor::Timeseries,
+        monitor::Span,
+        monitor::ArmSpan,
+        monitor::Scope,
+        monitor::Overview,
+        monitor::PolicyOverview,
+        monitor::Health,
     )),
     modifiers(&ApiKeys, &Contract)
 )]

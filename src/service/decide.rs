@@ -7,6 +7,7 @@ use super::stored;
 use crate::features::{FeatureValue, Features};
 use crate::guardrails::{self, Eligibility, Exclusion, Guardrails, Situation, Tz};
 use crate::log::{DecisionRow, JsonText, LogRecord};
+use crate::monitor::{DecisionSample, GuardrailOutcome};
 use crate::policy::{Candidate, DecideError, DecideRequest, Decision, Followed, Learning, Mode};
 use crate::runtime::PolicyRuntime;
 use crate::store::outbox::Op;
@@ -340,6 +341,19 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         .decisions
         .with_label_values(&[&spec.id, action_label])
         .inc();
+    runtime.monitor.decision(&DecisionSample {
+        now_ms: super::unix_ms(),
+        arm: (spec.mode == Mode::Disjoint).then_some(chosen_arm),
+        propensity: response.probability,
+        eligible: decision.probabilities.iter().filter(|p| **p > 0.0).count(),
+        degraded,
+        guardrails: guarded.as_ref().map_or_else(Default::default, |g| {
+            GuardrailOutcome::of(
+                g.eligibility.forced,
+                g.eligibility.reasons.iter().flatten().copied(),
+            )
+        }),
+    });
     if let Some(g) = &guarded {
         for reason in g.eligibility.reasons.iter().flatten() {
             svc.metrics

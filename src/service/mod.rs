@@ -49,6 +49,11 @@ pub struct Service {
     /// The in-process store when it is the store (embedded mode): what is
     /// saved to `NUDGE_STATE_PATH`.
     pub embedded: Option<crate::store::MemoryStore>,
+    /// This replica's name in the live page's figures (`NUDGE_REPLICA`, or
+    /// `hostname/pid`): they are per replica.
+    pub replica: String,
+    /// When this replica started (unix ms).
+    pub started_ms: i64,
 }
 
 impl Service {

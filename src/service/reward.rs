@@ -75,6 +75,12 @@ pub async fn rewarded(
         .rewards
         .with_label_values(&[runtime.id(), kind])
         .inc();
+    runtime.monitor.reward(
+        super::unix_ms(),
+        runtime.policy.spec().arm_index(&action),
+        value,
+        false,
+    );
     svc.log.record(LogRecord::Reward(RewardRow {
         reward_id,
         event_id: event_id.to_string(),
