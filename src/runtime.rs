@@ -41,7 +41,8 @@ struct Shadow {
     n: u64,
     /// The live policy's rewards: Σr, Σr².
     live: (f64, f64),
-    /// Per challenger, with `w = π_c(a) / p(a)`: Σw, Σw², Σwr, Σ(wr)².
+    /// Per scorer (the greedy policy first, then each challenger), with
+    /// `w = π(a) / p(a)`: Σw, Σw², Σwr, Σ(wr)².
     challengers: Vec<[f64; 4]>,
 }
 
@@ -92,12 +93,18 @@ pub struct ChallengerEstimate {
     pub promotable: bool,
 }
 
-/// What the shadow challengers' estimates say (this replica's fold, since
-/// it loaded the policy: replicas that loaded it together agree exactly).
+/// What the shadow estimates say (this replica's fold, since it loaded
+/// the policy: replicas that loaded it together agree exactly).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ShadowReport {
     /// The live policy's on-policy mean reward over the same entries.
     pub live: Option<Interval>,
+    /// Progressive validation (Blum, Kalai & Langford 1999): the value of
+    /// the model's greedy choice at each decision (`θᵀx` argmax over the
+    /// eligible set, before the decision's reward was learned), by IPW
+    /// against the logged propensities. Above `live`, the model has learned
+    /// something its exploration pays for; near it, it has not.
+    pub greedy: ChallengerEstimate,
     /// Each challenger, in file order.
     pub challengers: Vec<ChallengerEstimate>,
 }
@@ -144,6 +151,9 @@ pub struct PolicyRuntime {
     pub apprentice: ApprenticeStats,
     /// The shadow challengers, scoring with this policy's model.
     pub challengers: Vec<Policy>,
+    /// The model's greedy policy (ridge `θᵀx` argmax, no exploration),
+    /// scored on every single-action decision for progressive validation.
+    pub greedy: Policy,
     /// When a sync last reached the store (unix ms; 0: never).
     last_sync_ms: AtomicI64,
 }
@@ -168,8 +178,16 @@ impl PolicyRuntime {
         };
         let model = ArcSwap::from_pointee(policy.new_model());
         let challengers: Vec<Policy> = spec.challengers.iter().cloned().map(Policy::new).collect();
+        let greedy = {
+            let mut g = spec.clone();
+            g.id = format!("{}~greedy", spec.id);
+            g.algorithm = crate::policy::Algorithm::EpsilonGreedy;
+            g.params.epsilon = 0.0;
+            g.challengers.clear();
+            Policy::new(g)
+        };
         let shadow = Shadow {
-            challengers: vec![[0.0; 4]; challengers.len()],
+            challengers: vec![[0.0; 4]; 1 + challengers.len()],
             ..Shadow::default()
         };
         let monitor = crate::monitor::PolicyMonitor::new(match spec.mode {
@@ -193,6 +211,7 @@ impl PolicyRuntime {
             }),
             apprentice: ApprenticeStats::default(),
             challengers,
+            greedy,
         }
     }
 
@@ -253,9 +272,8 @@ impl PolicyRuntime {
         let s = self.sync.lock().await.shadow.clone();
         let live = Interval::of(s.n, s.live.0, s.live.1);
         let rule = self.policy.spec().promote_after;
-        let challengers = self
-            .challengers
-            .iter()
+        let mut estimates = std::iter::once(&self.greedy)
+            .chain(&self.challengers)
             .zip(&s.challengers)
             .map(|(c, m)| {
                 let ipw = Interval::of(s.n, m[2], m[3]);
@@ -264,7 +282,7 @@ impl PolicyRuntime {
                     _ => false,
                 };
                 ChallengerEstimate {
-                    id: c.id().to_string(),
+                    id: c.id().rsplit('~').next().unwrap_or_default().to_string(),
                     algorithm: c.spec().algorithm.name(),
                     n: s.n,
                     ipw,
@@ -273,8 +291,15 @@ impl PolicyRuntime {
                     promotable,
                 }
             })
-            .collect();
-        ShadowReport { live, challengers }
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut greedy = estimates.next().expect("the greedy scorer is first");
+        greedy.promotable = false;
+        ShadowReport {
+            live,
+            greedy,
+            challengers: estimates.collect(),
+        }
     }
 
     /// Rewards this runtime folded since it started (or was reloaded):
@@ -349,10 +374,7 @@ impl PolicyRuntime {
                 st.folded.1 += e.reward;
                 st.folded.2 += e.reward * e.reward;
                 let shadow = &mut st.shadow;
-                if !shadow.challengers.is_empty()
-                    && e.aux.len() == 1 + shadow.challengers.len()
-                    && e.aux[0] > 0.0
-                {
+                if e.aux.len() == 1 + shadow.challengers.len() && e.aux[0] > 0.0 {
                     let r = e.reward;
                     shadow.n += 1;
                     shadow.live.0 += r;

@@ -553,6 +553,11 @@ params = { alpha = 0.0, epsilon = 0.02 }
 id = "ts"
 algorithm = "lin_ts"
 params = { v = 0.3 }
+
+[[challengers]]
+id = "exploit"
+algorithm = "epsilon_greedy"
+params = { epsilon = 0.0 }
 "#
     );
     // A challenger over other features is refused, naming the key.
@@ -564,7 +569,7 @@ params = { v = 0.3 }
     let (status, err) = reload(&app).await;
     assert_eq!(status, 422, "{err}");
     assert_eq!(
-        err["error"]["errors"][0]["key"], "challengers[2].features",
+        err["error"]["errors"][0]["key"], "challengers[3].features",
         "{err}"
     );
     write(&dir, "push.toml", &text);
@@ -649,7 +654,14 @@ params = { v = 0.3 }
     let live_value = described["live_estimate"]["value"].as_f64().unwrap();
     assert!(close(live_value, live / n as f64), "{described}");
     let listed = described["challengers"].as_array().unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
+    // Progressive validation: the model's greedy choice, estimated on the
+    // same entries, is exactly the declared pure-exploitation challenger.
+    let greedy = &described["greedy_estimate"];
+    assert_eq!(greedy["n"], n as u64, "{described}");
+    for key in ["snipw", "ess", "ipw"] {
+        assert_eq!(greedy[key], listed[2][key], "{key}: {described}");
+    }
     for c in listed {
         let s = sums[c["id"].as_str().unwrap()];
         let ipw = c["ipw"]["value"].as_f64().unwrap();
@@ -692,7 +704,7 @@ params = { v = 0.3 }
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["greedy", "push-v1"]);
+    assert_eq!(ids, ["greedy", "push-v1", "exploit"]);
     let file = std::fs::read_to_string(dir.join("push.toml")).unwrap();
     assert!(file.contains("id = \"push-v1\""), "{file}");
     let (status, d) = app

@@ -228,8 +228,10 @@ pub async fn describe(
     if spec.learning == crate::policy::Learning::Apprentice {
         out["apprentice"] = apprentice(&rt).await;
     }
+    let shadow = rt.shadow().await;
+    out["greedy_estimate"] = json!(shadow.greedy);
+    out["live_estimate"] = json!(shadow.live);
     if !rt.challengers.is_empty() {
-        let shadow = rt.shadow().await;
         let listed: Vec<Value> = rt
             .challengers
             .iter()
@@ -244,7 +246,6 @@ pub async fn describe(
             })
             .collect();
         out["challengers"] = json!(listed);
-        out["live_estimate"] = json!(shadow.live);
         out["promote_after"] = json!(spec.promote_after);
     }
     Ok(HttpResponse::Ok().json(out))

@@ -403,9 +403,11 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
         deferred: input.defer,
         degraded,
         guardrails: guardrails_json,
-        challengers: shadow.as_ref().map(|scores| {
+        challengers: shadow.as_ref().filter(|s| s.len() > 1).map(|scores| {
             let mut out = serde_json::Map::new();
-            for (id, probs) in scores {
+            // The greedy scorer (first) is the model's own; the log keeps
+            // the declared challengers.
+            for (id, probs) in &scores[1..] {
                 let dist: serde_json::Map<String, serde_json::Value> = ids
                     .iter()
                     .zip(probs)
@@ -575,11 +577,12 @@ async fn decide_guarded(
     unreachable!("the last attempt holds every send and returns")
 }
 
-/// Each shadow challenger's distribution over the decision's candidates
-/// (aligned with `decision.candidates`): the same request, context (with
-/// the history features) and eligible set, scored with the live model.
-/// `None` without challengers, for slates (not evaluated yet), or if a
-/// challenger cannot score the request (logged; the decision stands).
+/// The distributions of the model's greedy policy (first; for progressive
+/// validation) and of each shadow challenger over the decision's
+/// candidates (aligned with `decision.candidates`): the same request,
+/// context (with the history features) and eligible set, scored with the
+/// live model. `None` for slates (not evaluated yet), or if a scorer
+/// cannot score the request (logged; the decision stands).
 fn shadow_scores<'a>(
     runtime: &'a PolicyRuntime,
     decision: &Decision,
@@ -587,7 +590,7 @@ fn shadow_scores<'a>(
     guarded: Option<&Guarded>,
     arm_ids: &[&str],
 ) -> Option<Vec<(&'a str, Vec<f64>)>> {
-    if runtime.challengers.is_empty() || input.k != 1 {
+    if input.k != 1 {
         return None;
     }
     let context = guarded.map_or(&input.context, |g| &g.context);
@@ -596,8 +599,8 @@ fn shadow_scores<'a>(
         .map(|i| arm_ids[i].to_string())
         .collect();
     let model = runtime.model();
-    let mut out = Vec::with_capacity(runtime.challengers.len());
-    for c in &runtime.challengers {
+    let mut out = Vec::with_capacity(1 + runtime.challengers.len());
+    for c in std::iter::once(&runtime.greedy).chain(&runtime.challengers) {
         let scored = c.decide(
             &model,
             &DecideRequest {
