@@ -35,6 +35,7 @@
 //! exploration turns scores into probabilities, the sampler draws with an
 //! RNG seeded by the event id, so a decision can be replayed exactly.
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod explore;

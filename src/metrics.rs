@@ -66,6 +66,8 @@ pub struct Metrics {
     pub log_queue_depth: IntGauge,
     /// `nudge_log_spool_bytes`.
     pub log_spool_bytes: IntGauge,
+    /// Learning alerts raised now (1) or not (0), per policy and kind.
+    pub learning_alerts: IntGaugeVec,
     /// Challengers promoted by this replica.
     pub promotions: IntCounterVec,
     /// The published policy set this replica serves.
@@ -187,6 +189,20 @@ impl Metrics {
             ),
             log_queue_depth: gauge("nudge_log_queue_depth", "Log records waiting to be written"),
             log_spool_bytes: gauge("nudge_log_spool_bytes", "Bytes in the log spool"),
+            learning_alerts: {
+                let g = IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "nudge_learning_alert",
+                        "A learning alert is raised (1) for the policy: exploration_collapse, rewards_stopped, reward_shift, default_share_rising",
+                    ),
+                    &["policy", "alert"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registers once");
+                g
+            },
             promotions: counter(
                 "nudge_promotions_total",
                 "Shadow challengers promoted to live (by this replica)",

@@ -96,6 +96,10 @@ struct Bucket {
     min_p: AtomicU64,
     w_sum: AtomicF64,
     w_sq: AtomicF64,
+    /// Σ normalised entropy over decisions with two or more eligible
+    /// candidates, and their count.
+    entropy: AtomicF64,
+    entropy_n: AtomicU64,
     guardrails: [AtomicU64; GUARDRAIL_KINDS],
 }
 
@@ -110,6 +114,8 @@ impl Bucket {
             min_p: AtomicU64::new(f64::INFINITY.to_bits()),
             w_sum: AtomicF64::default(),
             w_sq: AtomicF64::default(),
+            entropy: AtomicF64::default(),
+            entropy_n: AtomicU64::new(0),
             guardrails: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -122,6 +128,8 @@ impl Bucket {
         self.min_p.store(f64::INFINITY.to_bits(), Relaxed);
         self.w_sum.reset();
         self.w_sq.reset();
+        self.entropy.reset();
+        self.entropy_n.store(0, Relaxed);
         for g in &self.guardrails {
             g.store(0, Relaxed);
         }
@@ -168,6 +176,25 @@ pub struct DecisionSample {
     pub degraded: bool,
     /// What the guardrails did.
     pub guardrails: GuardrailOutcome,
+    /// The decision distribution's entropy over its eligible candidates,
+    /// divided by its maximum `ln(eligible)` (1: uniform, 0: one action
+    /// certain); `None` with fewer than two eligible candidates.
+    pub entropy: Option<f64>,
+}
+
+/// The normalised entropy of a distribution (see
+/// [`DecisionSample::entropy`]).
+pub fn normalised_entropy(probabilities: &[f64]) -> Option<f64> {
+    let eligible = probabilities.iter().filter(|p| **p > 0.0).count();
+    if eligible < 2 {
+        return None;
+    }
+    let h: f64 = probabilities
+        .iter()
+        .filter(|p| **p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum();
+    Some((h / (eligible as f64).ln()).clamp(0.0, 1.0))
 }
 
 /// A policy's ring of per-second aggregates on this replica.
@@ -281,6 +308,10 @@ impl PolicyMonitor {
             b.w_sum.add(w);
             b.w_sq.add(w * w);
         }
+        if let Some(h) = d.entropy {
+            b.entropy.add(h);
+            b.entropy_n.fetch_add(1, Relaxed);
+        }
         if d.guardrails.held {
             b.guardrails[0].fetch_add(1, Relaxed);
         }
@@ -342,6 +373,8 @@ impl PolicyMonitor {
                 .min(f64::from_bits(b.min_p.load(Relaxed)));
             out.w_sum += b.w_sum.get();
             out.w_sq += b.w_sq.get();
+            out.entropy_sum += b.entropy.get();
+            out.entropy_n += b.entropy_n.load(Relaxed);
             for (g, a) in out.guardrails.iter_mut().zip(&b.guardrails) {
                 *g += a.load(Relaxed);
             }
@@ -400,6 +433,10 @@ pub struct Aggregate {
     pub w_sum: f64,
     /// Σw².
     pub w_sq: f64,
+    /// Σ normalised entropy (see [`DecisionSample::entropy`]).
+    pub entropy_sum: f64,
+    /// Decisions in `entropy_sum`.
+    pub entropy_n: u64,
     /// Per [`guardrail_names`] kind.
     pub guardrails: [u64; GUARDRAIL_KINDS],
     /// Per row.
@@ -416,6 +453,8 @@ impl Aggregate {
             min_propensity: f64::INFINITY,
             w_sum: 0.0,
             w_sq: 0.0,
+            entropy_sum: 0.0,
+            entropy_n: 0,
             guardrails: [0; GUARDRAIL_KINDS],
             arms: vec![ArmAggregate::default(); rows],
         }
@@ -436,6 +475,12 @@ impl Aggregate {
                 reward_sum: t.reward_sum + a.reward_sum,
                 reward_sq: t.reward_sq + a.reward_sq,
             })
+    }
+
+    /// The mean normalised entropy of the decisions (see
+    /// [`DecisionSample::entropy`]); `None` without any.
+    pub fn entropy(&self) -> Option<f64> {
+        (self.entropy_n > 0).then(|| self.entropy_sum / self.entropy_n as f64)
     }
 
     /// `(Σw)² / Σw²` (see [`PolicyMonitor::decision`]); `None` without

@@ -716,3 +716,50 @@ params = { epsilon = 0.0 }
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["policy_version"], 2);
 }
+
+#[tokio::test]
+async fn learning_alerts_show_in_readyz_and_metrics_without_failing_readiness() {
+    let app = spawn_app(Backend::Embedded).await;
+    let dir = app.settings.policies.clone();
+    // A propensity floor no distribution over three arms can meet.
+    write(
+        &dir,
+        "push.toml",
+        &format!(
+            "{}\n[alerts]\nmin_probability = 0.5\nmin_events = 5\n",
+            push(1.0, "")
+        ),
+    );
+    let (status, report) = reload(&app).await;
+    assert_eq!(status, 200, "{report}");
+    let (_, ready) = app.get_json("/readyz").await;
+    assert_eq!(ready["alerts"], json!([]), "{ready}");
+    decide_and_reward(&app, "push", 6, json!([1.0, 0.5, -0.5])).await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ready["status"], "ready",
+        "an alert is not unreadiness: {ready}"
+    );
+    let alerts = ready["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{ready}");
+    assert_eq!(alerts[0]["policy"], "push");
+    assert_eq!(alerts[0]["alert"], "exploration_collapse");
+    let (_, m) = app.get("/metrics").await;
+    assert!(
+        m.contains("nudge_learning_alert{alert=\"exploration_collapse\",policy=\"push\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("nudge_learning_alert{alert=\"rewards_stopped\",policy=\"push\"} 0"));
+    let (_, p) = app.get_json("/v1/policies/push").await;
+    assert_eq!(p["alerts"][0]["alert"], "exploration_collapse");
+    // A bad threshold is refused like any invalid file.
+    write(
+        &dir,
+        "push.toml",
+        &format!("{}\n[alerts]\nmin_entropy = 2.0\n", push(1.0, "")),
+    );
+    let (status, err) = reload(&app).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["errors"][0]["key"], "alerts.min_entropy");
+}

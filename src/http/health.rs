@@ -55,6 +55,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             state.policies.load().generation
         ));
     }
+    // Learning alerts are details, not unreadiness: the replica decides
+    // correctly, the policy is what needs a look.
+    let alerts = state.alerts();
     let status = if reasons.is_empty() {
         "ready"
     } else {
@@ -72,6 +75,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "log_spool_bytes": state.log.spool_bytes(),
         "policy_generation": state.policies.load().generation,
         "policy_mismatch": mismatch,
+        "alerts": alerts,
     }))
 }
 
@@ -83,10 +87,17 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.outbox_depth.set(state.outbox.len() as i64);
     m.outbox_parked.set(state.outbox.parked_len() as i64);
     m.log_spool_bytes.set(state.log.spool_bytes() as i64);
+    let alerts = state.alerts();
     for (id, rt) in &state.policies.load().live {
         m.model_version
             .with_label_values(&[id])
             .set(rt.model().version() as i64);
+        for kind in crate::alerts::KINDS {
+            let raised = alerts.iter().any(|a| a.policy == *id && a.alert == kind);
+            m.learning_alerts
+                .with_label_values(&[id, kind])
+                .set(i64::from(raised));
+        }
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -230,6 +230,12 @@ pub async fn describe(
     }
     let shadow = rt.shadow().await;
     out["greedy_estimate"] = json!(shadow.greedy);
+    out["alerts"] = json!(crate::alerts::evaluate(
+        rt.id(),
+        &rt.monitor,
+        &spec.alerts,
+        crate::service::unix_ms()
+    ));
     out["live_estimate"] = json!(shadow.live);
     if !rt.challengers.is_empty() {
         let listed: Vec<Value> = rt

@@ -14,6 +14,7 @@ fn decision(now_ms: i64, arm: usize, p: f64, eligible: usize) -> DecisionSample 
         eligible,
         degraded: false,
         guardrails: GuardrailOutcome::default(),
+        entropy: None,
     }
 }
 

@@ -54,6 +54,32 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
         errors: vec![],
     };
     let challenger_tables = std::mem::take(&mut raw.challengers);
+    let a = &raw.alerts;
+    if a.window < std::time::Duration::from_secs(1)
+        || a.window > std::time::Duration::from_secs(3600)
+    {
+        p.add(
+            "alerts.window",
+            format!("expected 1s to 1h, got {:?}", a.window),
+        );
+    }
+    if !(0.0..=1.0).contains(&a.min_entropy) {
+        p.add(
+            "alerts.min_entropy",
+            format!("expected a number in [0, 1], got {}", a.min_entropy),
+        );
+    }
+    if let Some(m) = a.min_probability
+        && !(m > 0.0 && m < 1.0)
+    {
+        p.add(
+            "alerts.min_probability",
+            format!("expected a number in (0, 1), got {m}"),
+        );
+    }
+    if a.min_events == 0 {
+        p.add("alerts.min_events", "expected an integer >= 1, got 0");
+    }
     match raw.promote_after {
         Some(0) => p.add("promote_after", "expected an integer >= 1, got 0"),
         Some(_) if challenger_tables.is_empty() => p.add(
@@ -113,6 +139,12 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             learning: raw.learning,
             challengers: Vec::new(),
             promote_after: raw.promote_after,
+            alerts: AlertSpec {
+                window: raw.alerts.window,
+                min_entropy: raw.alerts.min_entropy,
+                min_probability: raw.alerts.min_probability,
+                min_events: raw.alerts.min_events,
+            },
         })
         .and_then(|mut spec: PolicySpec| {
             spec.challengers = challengers(text, origin, &spec, challenger_tables)?;

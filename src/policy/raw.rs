@@ -34,6 +34,43 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) challengers: Vec<toml::Table>,
     pub(super) promote_after: Option<u64>,
+    #[serde(default)]
+    pub(super) alerts: RawAlerts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub(super) window: Duration,
+    #[serde(default = "entropy_floor")]
+    pub(super) min_entropy: f64,
+    pub(super) min_probability: Option<f64>,
+    #[serde(default = "twenty")]
+    pub(super) min_events: u64,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        RawAlerts {
+            window: five_minutes(),
+            min_entropy: entropy_floor(),
+            min_probability: None,
+            min_events: twenty(),
+        }
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn entropy_floor() -> f64 {
+    0.05
+}
+
+fn twenty() -> u64 {
+    20
 }
 
 fn one() -> u32 {

@@ -293,6 +293,25 @@ pub struct PolicySpec {
     /// interval lies above the live policy's (`GET /v1/policies/{id}`);
     /// promoting is then the admin's call.
     pub promote_after: Option<u64>,
+    /// When the learning monitor raises an alert (`[alerts]`).
+    pub alerts: AlertSpec,
+}
+
+/// The thresholds of the learning alerts (see [`crate::alerts`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertSpec {
+    /// The recent span every alert looks at (1 s to 1 h; default 5 min),
+    /// compared with the rest of the hour before it.
+    pub window: std::time::Duration,
+    /// Exploration collapse: the mean normalised entropy of the decision
+    /// distributions in the window below this (default 0.05).
+    pub min_entropy: f64,
+    /// Exploration collapse: a logged propensity in the window below this
+    /// (default: no such floor).
+    pub min_probability: Option<f64>,
+    /// The fewest decisions (or rewards) a span needs before an alert can
+    /// be raised from it (default 20).
+    pub min_events: u64,
 }
 
 impl PolicySpec {

@@ -353,6 +353,7 @@ pub async fn decide(svc: &Service, input: DecideInput) -> Result<String, DecideF
                 g.eligibility.reasons.iter().flatten().copied(),
             )
         }),
+        entropy: crate::monitor::normalised_entropy(&decision.probabilities),
     });
     if let Some(g) = &guarded {
         for reason in g.eligibility.reasons.iter().flatten() {

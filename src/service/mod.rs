@@ -57,6 +57,19 @@ pub struct Service {
 }
 
 impl Service {
+    /// Every live policy's learning alerts now (see [`crate::alerts`]).
+    pub fn alerts(&self) -> Vec<crate::alerts::Alert> {
+        let now = unix_ms();
+        self.policies
+            .load()
+            .live
+            .values()
+            .flat_map(|rt| {
+                crate::alerts::evaluate(rt.id(), &rt.monitor, &rt.policy.spec().alerts, now)
+            })
+            .collect()
+    }
+
     /// Records the outcome of a store call for `/readyz` and the metrics.
     pub fn store_result<T, E: std::fmt::Display>(&self, op: &str, r: &Result<T, E>) {
         match r {
