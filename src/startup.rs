@@ -304,16 +304,24 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let every = Duration::from_millis(state.settings.snapshot_ms);
     let mut last_save = std::time::Instant::now();
+    // Reloads are rare: the published set is read at most this often, not
+    // every sync tick.
+    const POLICY_POLL: Duration = Duration::from_millis(250);
+    let mut last_poll: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if state.policies.load().generation == 0 {
+        if last_poll.is_some_and(|t| t.elapsed() < POLICY_POLL) {
+            // Not yet.
+        } else if state.policies.load().generation == 0 {
+            last_poll = Some(std::time::Instant::now());
             // The start could not reach the store: adopt now.
             let adopted = crate::service::reload::adopt(&state).await;
             state.store_result("policy_set", &adopted);
         } else {
+            last_poll = Some(std::time::Instant::now());
             let followed = crate::service::reload::follow(&state).await;
             if followed.is_err() {
                 state.store_result("policy_set", &followed);
