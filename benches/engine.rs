@@ -32,6 +32,9 @@ enum Algo {
     Ucb,
     TsDisjoint,
     TsShared,
+    /// The service's progressive-validation scorer: ridge argmax, no
+    /// exploration (`epsilon_greedy`, ε = 0), run on every decision.
+    Greedy,
 }
 
 impl Algo {
@@ -42,6 +45,7 @@ impl Algo {
             Algo::Ucb => "linucb",
             Algo::TsDisjoint => "lin_ts",
             Algo::TsShared => "lin_ts_shared",
+            Algo::Greedy => "greedy",
         }
     }
 
@@ -69,6 +73,7 @@ fn policy_toml(algo: Algo, d: usize, k: usize) -> String {
     let algorithm = match algo {
         Algo::Ucb => "linucb",
         Algo::TsDisjoint | Algo::TsShared => "lin_ts",
+        Algo::Greedy => "epsilon_greedy",
     };
     writeln!(t, "id = \"bench_{}_d{d}_k{k}\"", algo.name()).unwrap();
     writeln!(t, "algorithm = \"{algorithm}\"").unwrap();
@@ -79,8 +84,10 @@ fn policy_toml(algo: Algo, d: usize, k: usize) -> String {
         writeln!(t, "mode = \"disjoint\"").unwrap();
         writeln!(t, "arms = [{}]", arms.join(", ")).unwrap();
     }
-    writeln!(t, "\n[params]\nlambda = 1.0\nepsilon = 0.05").unwrap();
+    let epsilon = if matches!(algo, Algo::Greedy) { 0.0 } else { 0.05 };
+    writeln!(t, "\n[params]\nlambda = 1.0\nepsilon = {epsilon:?}").unwrap();
     match algo {
+        Algo::Greedy => {}
         Algo::Ucb => writeln!(t, "alpha = 1.0").unwrap(),
         Algo::TsDisjoint => writeln!(t, "v = 0.5").unwrap(),
         Algo::TsShared => writeln!(t, "v = 0.5\ndraws = 1000").unwrap(),
@@ -284,9 +291,20 @@ fn bench_decide_update(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a shadow scorer adds to a decision (the service scores the model's
+/// greedy choice on every single-action decision, and each declared
+/// challenger): compare with `decide/linucb/d32/k10` and
+/// `decide/lin_ts/d32/k10`, the cost of a LinUCB or TS challenger.
+fn bench_shadow(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shadow");
+    let mut s = Setup::new(Algo::Greedy, 32, 10);
+    group.bench_function("greedy/d32/k10", |b| b.iter(|| black_box(s.decide())));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_decide, bench_update, bench_decide_update
+    targets = bench_decide, bench_update, bench_decide_update, bench_shadow
 }
 criterion_main!(benches);
