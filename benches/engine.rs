@@ -84,7 +84,11 @@ fn policy_toml(algo: Algo, d: usize, k: usize) -> String {
         writeln!(t, "mode = \"disjoint\"").unwrap();
         writeln!(t, "arms = [{}]", arms.join(", ")).unwrap();
     }
-    let epsilon = if matches!(algo, Algo::Greedy) { 0.0 } else { 0.05 };
+    let epsilon = if matches!(algo, Algo::Greedy) {
+        0.0
+    } else {
+        0.05
+    };
     writeln!(t, "\n[params]\nlambda = 1.0\nepsilon = {epsilon:?}").unwrap();
     match algo {
         Algo::Greedy => {}

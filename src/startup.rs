@@ -326,6 +326,7 @@ async fn learner(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
             if followed.is_err() {
                 state.store_result("policy_set", &followed);
             }
+            crate::service::promote::auto(&state).await;
         }
         for rt in state.policies.load_full().live.values() {
             let synced = rt.sync(&state.store, &state.metrics).await;

@@ -763,3 +763,45 @@ async fn learning_alerts_show_in_readyz_and_metrics_without_failing_readiness() 
     assert_eq!(status, 422, "{err}");
     assert_eq!(err["error"]["errors"][0]["key"], "alerts.min_entropy");
 }
+
+#[tokio::test]
+async fn a_declared_rule_promotes_a_better_challenger_by_itself() {
+    let app = spawn_app(Backend::Embedded).await;
+    let dir = app.settings.policies.clone();
+    // Live: uniform exploration (epsilon 1); the challenger exploits.
+    let text = format!(
+        "{}\n{}",
+        push(0.0, "promote = \"auto\"\npromote_after = 60")
+            .replace("epsilon = 0.1", "epsilon = 1.0"),
+        "[[challengers]]\nid = \"exploit\"\nalgorithm = \"epsilon_greedy\"\nparams = { epsilon = 0.0 }\n"
+    );
+    write(&dir, "push.toml", &text);
+    let (status, report) = reload(&app).await;
+    assert_eq!(status, 200, "{report}");
+    for i in 0..150 {
+        let event = format!("auto-{i}");
+        let (status, d) = app
+            .post(
+                "/v1/decide",
+                &json!({"policy": "push", "event_id": event, "context": {"x": [1.0, 0.0, 0.0]}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{d}");
+        if d["policy_version"] == 2 {
+            break;
+        }
+        let reward = f64::from(d["action"] == "a");
+        app.post("/v1/reward", &json!({"event_id": event, "reward": reward}))
+            .await;
+    }
+    eventually("the rule promotes the challenger", || async {
+        let (_, p) = app.get_json("/v1/policies/push").await;
+        p["version"] == 2
+    })
+    .await;
+    let (_, p) = app.get_json("/v1/policies/push").await;
+    assert_eq!(p["algorithm"], "epsilon_greedy", "{p}");
+    assert_eq!(p["challengers"][0]["id"], "push-v1", "{p}");
+    let file = std::fs::read_to_string(dir.join("push.toml")).unwrap();
+    assert!(file.contains("version = 2"), "{file}");
+}

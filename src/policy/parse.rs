@@ -80,6 +80,12 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
     if a.min_events == 0 {
         p.add("alerts.min_events", "expected an integer >= 1, got 0");
     }
+    if raw.promote == Promote::Auto && raw.promote_after.is_none() {
+        p.add(
+            "promote",
+            "promote = \"auto\" needs the rule's promote_after = N",
+        );
+    }
     match raw.promote_after {
         Some(0) => p.add("promote_after", "expected an integer >= 1, got 0"),
         Some(_) if challenger_tables.is_empty() => p.add(
@@ -139,6 +145,7 @@ pub fn parse_policy(text: &str, origin: &Path) -> Result<PolicySpec, Vec<PolicyE
             learning: raw.learning,
             challengers: Vec::new(),
             promote_after: raw.promote_after,
+            promote: raw.promote,
             alerts: AlertSpec {
                 window: raw.alerts.window,
                 min_entropy: raw.alerts.min_entropy,
@@ -182,6 +189,7 @@ fn challengers(
     base.remove("challengers");
     base.remove("learning");
     base.remove("promote_after");
+    base.remove("promote");
     let mut out: Vec<PolicySpec> = Vec::new();
     for (i, table) in tables.into_iter().enumerate() {
         let at = format!("challengers[{i}]");

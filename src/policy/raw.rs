@@ -35,6 +35,8 @@ pub(super) struct RawPolicy {
     pub(super) challengers: Vec<toml::Table>,
     pub(super) promote_after: Option<u64>,
     #[serde(default)]
+    pub(super) promote: super::spec::Promote,
+    #[serde(default)]
     pub(super) alerts: RawAlerts,
 }
 

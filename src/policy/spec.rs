@@ -90,6 +90,17 @@ impl Mode {
     }
 }
 
+/// Who acts on the promotion rule (`promote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Promote {
+    /// The rule is reported (`promotable`); an admin promotes.
+    #[default]
+    Manual,
+    /// The first replica to see the rule hold promotes the challenger.
+    Auto,
+}
+
 /// How a policy uses its traffic (the `learning` key of a policy file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -293,6 +304,9 @@ pub struct PolicySpec {
     /// interval lies above the live policy's (`GET /v1/policies/{id}`);
     /// promoting is then the admin's call.
     pub promote_after: Option<u64>,
+    /// Whether the rule promotes by itself (`promote = "auto"`) or only
+    /// reports (`"manual"`, the default: an admin calls promote).
+    pub promote: Promote,
     /// When the learning monitor raises an alert (`[alerts]`).
     pub alerts: AlertSpec,
 }

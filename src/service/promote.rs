@@ -112,6 +112,50 @@ pub async fn promote(
     }
 }
 
+/// The declared rule, for policies with `promote = "auto"`: promotes the
+/// promotable challenger with the highest IPW lower bound, if any (the
+/// learner calls this a few times a second). Every replica folds the same
+/// estimates, so several may try at once; the rewrite is deterministic and
+/// a challenger already promoted is no longer one, so the second attempt
+/// changes nothing. Returns the promotions made.
+pub async fn auto(svc: &Service) -> Vec<Promotion> {
+    let mut done = Vec::new();
+    let set = svc.policies.load_full();
+    for rt in set.live.values() {
+        let spec = rt.policy.spec();
+        if spec.promote != crate::policy::spec::Promote::Auto || rt.challengers.is_empty() {
+            continue;
+        }
+        let report = rt.shadow().await;
+        let best = report
+            .challengers
+            .iter()
+            .filter(|c| c.promotable)
+            .max_by(|a, b| {
+                let low = |c: &crate::runtime::ChallengerEstimate| {
+                    c.ipw
+                        .and_then(|i| i.ci95)
+                        .map_or(f64::NEG_INFINITY, |ci| ci[0])
+                };
+                low(a).total_cmp(&low(b))
+            });
+        let Some(best) = best else { continue };
+        tracing::info!(
+            policy = rt.id(),
+            challenger = best.id,
+            n = best.n,
+            "promotion rule holds"
+        );
+        match promote(svc, rt.id(), &best.id).await {
+            Ok(p) => done.push(p),
+            Err(e) => {
+                tracing::warn!(policy = rt.id(), challenger = best.id, error = %e, "automatic promotion did not happen")
+            }
+        }
+    }
+    done
+}
+
 /// The policy file with `challenger` promoted (see the module doc).
 fn rewrite(text: &str, challenger: &str, previous: &str, version: u32) -> Result<String, String> {
     use toml_edit::{DocumentMut, Item, Table, value};
