@@ -10,32 +10,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{Backend, TestApp, spawn_app, spawn_replica};
 
-const PUSH: &str = r#"
-id = "push"
-algorithm = "linucb"
-arms = ["a", "b", "c"]
-[params]
-alpha = ALPHA
-epsilon = 0.1
-[[features.context]]
-name = "x"
-type = "vector"
-length = 3
-[[features.context]]
-name = "plan"
-type = "categorical"
-vocabulary = ["free", "pro"]
-default = "free"
-[reward]
-signals = { opened = 1.0, unsubscribed = -1.0 }
-window = "1h"
-min = -1.0
-max = 1.0
-"#;
-
-/// `push.toml` with `alpha`, and with `extra` appended (e.g. a version).
+/// The test `push.toml` ([`support::POLICIES`]) with `alpha`, and with
+/// `extra` (e.g. a version) before it.
 fn push(alpha: f64, extra: &str) -> String {
-    format!("{extra}\n{}", PUSH.replace("ALPHA", &format!("{alpha:?}")))
+    let (_, text) = support::POLICIES
+        .iter()
+        .find(|(name, _)| *name == "push.toml")
+        .expect("the test policies have push.toml");
+    assert!(text.contains("alpha = 1.0\n"));
+    format!(
+        "{extra}\n{}",
+        text.replace("alpha = 1.0\n", &format!("alpha = {alpha:?}\n"))
+    )
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
