@@ -29,7 +29,12 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub const MAX_MAGNITUDE: f64 = 1e9;
 
 /// How one named feature becomes numbers.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its `Debug` output is deterministic (the one-hot lookup table, a
+/// `HashMap` in random order, is left out: it is the vocabulary's), so the
+/// digest of a policy's `Debug` text is the same in every process
+/// ([`crate::service::reload::manifest`]).
+#[derive(Clone, PartialEq)]
 pub enum FeatureKind {
     /// A number (booleans are accepted as 0/1), standardised as
     /// `(value - mean) / std`.
@@ -56,6 +61,38 @@ pub enum FeatureKind {
         len: usize,
         default: Option<Vec<f64>>,
     },
+}
+
+impl std::fmt::Debug for FeatureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeatureKind::Number { mean, std, default } => f
+                .debug_struct("Number")
+                .field("mean", mean)
+                .field("std", std)
+                .field("default", default)
+                .finish(),
+            FeatureKind::OneHot {
+                vocabulary,
+                default,
+                ..
+            } => f
+                .debug_struct("OneHot")
+                .field("vocabulary", vocabulary)
+                .field("default", default)
+                .finish(),
+            FeatureKind::Hashed { buckets, default } => f
+                .debug_struct("Hashed")
+                .field("buckets", buckets)
+                .field("default", default)
+                .finish(),
+            FeatureKind::Vector { len, default } => f
+                .debug_struct("Vector")
+                .field("len", len)
+                .field("default", default)
+                .finish(),
+        }
+    }
 }
 
 impl FeatureKind {

@@ -407,3 +407,30 @@ fn mismatch(svc: &Service, generation: u64, why: &str) {
     *svc.reload_mismatch.lock().expect("not poisoned") =
         Some(format!("generation {generation}: {why}"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::manifest;
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    #[test]
+    fn a_manifest_is_the_same_for_the_same_file_in_any_parse() {
+        // A vocabulary large enough that two hash maps of it iterate in
+        // different orders: the digest must not depend on that order.
+        let words: Vec<String> = (0..64).map(|i| format!("\"w{i}\"")).collect();
+        let text = format!(
+            "id = \"p\"\nalgorithm = \"linucb\"\narms = [\"a\", \"b\"]\n\
+             [[features.context]]\nname = \"c\"\ntype = \"categorical\"\nvocabulary = [{}]\n",
+            words.join(", ")
+        );
+        let first = manifest([&parse_policy(&text, Path::new("p.toml")).unwrap()]);
+        for _ in 0..20 {
+            let again = manifest([&parse_policy(&text, Path::new("p.toml")).unwrap()]);
+            assert_eq!(again, first);
+        }
+        let other = text.replace("\"w63\"", "\"w64\"");
+        let changed = manifest([&parse_policy(&other, Path::new("p.toml")).unwrap()]);
+        assert_ne!(changed["p"].digest, first["p"].digest);
+    }
+}
