@@ -298,52 +298,85 @@ async fn reload_reaches_every_replica_and_a_replica_with_other_files_says_so() {
     .await;
 }
 
+/// Two `nudge serve` processes on one Redis (a deployment of two replicas,
+/// each with its own log): SIGHUP on one reloads both, and an invalid file
+/// changes nothing.
 #[tokio::test]
-async fn sighup_reloads_the_binary() {
+async fn sighup_on_one_process_reloads_every_replica() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
+    // A large vocabulary checks that two processes digest one file alike
+    // (a hash map's order differs between processes).
+    let words: Vec<String> = (0..64).map(|i| format!("\"t{i}\"")).collect();
+    let topic = format!(
+        "\n[[features.context]]\nname = \"topic\"\ntype = \"categorical\"\nvocabulary = [{}]\ndefault = \"t0\"\n",
+        words.join(", ")
+    );
+    let push = |alpha: f64, extra: &str| format!("{}{topic}", push(alpha, extra));
     write(&policies, "push.toml", &push(1.0, ""));
-    let env: BTreeMap<String, String> = [
-        ("NUDGE_POLICIES", policies.display().to_string()),
-        (
-            "NUDGE_DATA_DIR",
-            dir.path().join("data").display().to_string(),
-        ),
-        (
-            "NUDGE_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("nudge.db").display()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let nudge = support::servers::NudgeProcess::spawn(&env, dir.path()).await;
-    let client = reqwest::Client::new();
-    let alpha = || async {
-        let r = client
-            .get(format!("{}/v1/policies/push", nudge.address))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{status}: {e}: {text:?}\n{}", nudge.stderr()));
-        v["params"]["alpha"].as_f64().unwrap()
+    let prefix = format!("nudge-test-{}", uuid::Uuid::now_v7().simple());
+    let replica = |name: &str| -> BTreeMap<String, String> {
+        [
+            ("NUDGE_POLICIES", policies.display().to_string()),
+            (
+                "NUDGE_DATA_DIR",
+                dir.path().join(name).display().to_string(),
+            ),
+            (
+                "NUDGE_DATABASE_URL",
+                format!(
+                    "sqlite://{}",
+                    dir.path().join(format!("{name}.db")).display()
+                ),
+            ),
+            ("NUDGE_REDIS_URL", support::REDIS.to_string()),
+            ("NUDGE_REDIS_PREFIX", prefix.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     };
-    assert_eq!(alpha().await, 1.0);
+    let a = support::servers::NudgeProcess::spawn(&replica("a"), dir.path()).await;
+    let b = support::servers::NudgeProcess::spawn(&replica("b"), dir.path()).await;
+    let client = reqwest::Client::new();
+    let alpha = |n: &support::servers::NudgeProcess| {
+        let url = format!("{}/v1/policies/push", n.address);
+        let client = client.clone();
+        let stderr = n.stderr();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{status}: {e}: {text:?}\n{stderr}"));
+            v["params"]["alpha"].as_f64().unwrap()
+        }
+    };
+    assert_eq!(alpha(&a).await, 1.0);
+    assert_eq!(alpha(&b).await, 1.0);
     write(&policies, "push.toml", &push(0.25, ""));
-    nudge.signal(libc::SIGHUP);
-    eventually("SIGHUP reloads", || async { alpha().await == 0.25 }).await;
+    a.signal(libc::SIGHUP);
+    eventually("SIGHUP reloads a", || async { alpha(&a).await == 0.25 }).await;
+    eventually("and b follows", || async { alpha(&b).await == 0.25 }).await;
+    let ready: Value = client
+        .get(format!("{}/readyz", b.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ready["policy_mismatch"].is_null(), "{ready}");
     // An invalid file on SIGHUP changes nothing, and the process lives on.
     write(&policies, "push.toml", "id = \"push\"\n");
-    nudge.signal(libc::SIGHUP);
+    a.signal(libc::SIGHUP);
     eventually("the refusal is logged", || async {
-        nudge.stderr().contains("reload refused")
+        a.stderr().contains("reload refused")
     })
     .await;
-    assert_eq!(alpha().await, 0.25);
+    assert_eq!(alpha(&a).await, 0.25);
+    assert_eq!(alpha(&b).await, 0.25);
 }
 
 #[tokio::test]
