@@ -370,6 +370,18 @@ pub struct PolicyOverview {
     /// The reward intervals of `last_minute` (`wilson` or `normal`).
     #[schema(value_type = String)]
     pub interval: IntervalMethod,
+    /// `online`, `logging_only` or `apprentice`.
+    pub learning: String,
+    /// Is it learning? `{live, greedy, challengers}`: the live policy's
+    /// mean reward, the progressive validation of the model's greedy
+    /// choice and each shadow challenger's estimate, over the events this
+    /// replica folded since it loaded the policy (every replica folds the
+    /// same ones), as in `GET /v1/policies/{id}`.
+    #[schema(value_type = Object)]
+    pub estimates: crate::runtime::ShadowReport,
+    /// Learning alerts raised now (`[{policy, alert, message}]`).
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 /// `GET /v1/overview`.
@@ -408,6 +420,9 @@ async fn policy_overview(state: &AppState, rt: &PolicyRuntime, now: Now) -> Poli
         reward_window_seconds: spec.reward.window.as_secs_f64(),
         last_minute: span(end - 59, 60, now, &a, binary),
         interval: method(binary),
+        learning: spec.learning.name().to_string(),
+        estimates: rt.shadow().await,
+        alerts: crate::alerts::evaluate(rt.id(), &rt.monitor, &spec.alerts, now.ms),
     }
 }
 

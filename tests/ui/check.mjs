@@ -84,6 +84,16 @@ try {
     const paths = await page.locator(`[data-policy="${watched}"] [data-chart="${name}"] path`).count();
     if (paths === 0) throw new Error(`chart ${name} has nothing drawn`);
   }
+  // "Is it learning?": every policy has its greedy estimate row, and once
+  // rewards are learned (a policy whose rewards count at once) it covers
+  // some events.
+  for (const id of policies) {
+    await page.waitForSelector(`[data-policy="${id}"] [data-estimate="greedy"]`, { timeout: 15000 });
+  }
+  await waitFor("a greedy estimate over learned events", async () => {
+    const cells = await page.locator('[data-estimate="greedy"] td:nth-child(2)').allTextContents();
+    return cells.some((t) => Number(t.replace(/,/g, "")) > 0) || undefined;
+  }, 15000);
   // An arm row with a reward mean and its interval.
   const rows = await page.locator(`[data-policy="${watched}"] tbody tr`).count();
   if (rows === 0) throw new Error("no arm rows");
