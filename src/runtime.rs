@@ -272,7 +272,7 @@ impl PolicyRuntime {
         let s = self.sync.lock().await.shadow.clone();
         let live = Interval::of(s.n, s.live.0, s.live.1);
         let rule = self.policy.spec().promote_after;
-        let mut estimates = std::iter::once(&self.greedy)
+        let mut estimates: Vec<ChallengerEstimate> = std::iter::once(&self.greedy)
             .chain(&self.challengers)
             .zip(&s.challengers)
             .map(|(c, m)| {
@@ -291,30 +291,23 @@ impl PolicyRuntime {
                     promotable,
                 }
             })
-            .collect::<Vec<_>>()
-            .into_iter();
-        let mut greedy = estimates.next().expect("the greedy scorer is first");
+            .collect();
+        // The greedy scorer is first; it is the model itself, never a
+        // promotion candidate.
+        let mut greedy = estimates.remove(0);
         greedy.promotable = false;
         ShadowReport {
             live,
             greedy,
-            challengers: estimates.collect(),
+            challengers: estimates,
         }
     }
 
     /// Rewards this runtime folded since it started (or was reloaded):
-    /// count, mean and the mean's standard error (`None` below 2).
-    pub async fn folded(&self) -> (u64, Option<f64>, Option<f64>) {
+    /// their count and their mean with its interval (`None` without any).
+    pub async fn folded(&self) -> (u64, Option<Interval>) {
         let (n, sum, sq) = self.sync.lock().await.folded;
-        if n == 0 {
-            return (0, None, None);
-        }
-        let mean = sum / n as f64;
-        let se = (n > 1).then(|| {
-            let var = ((sq - sum * mean) / (n - 1) as f64).max(0.0);
-            (var / n as f64).sqrt()
-        });
-        (n, Some(mean), se)
+        (n, Interval::of(n, sum, sq))
     }
 
     /// When a sync of this replica last reached the store (unix ms), if one

@@ -36,7 +36,7 @@ async fn apprentice(rt: &PolicyRuntime) -> Value {
     let n = a.decisions.load(Relaxed);
     let agreed = a.agreed.load(Relaxed);
     let p = a.probability_nanos.load(Relaxed) as f64 * 1e-9;
-    let (rewards, mean, se) = rt.folded().await;
+    let (rewards, mean) = rt.folded().await;
     json!({
         "decisions": n,
         "agreed": agreed,
@@ -44,8 +44,8 @@ async fn apprentice(rt: &PolicyRuntime) -> Value {
         "mean_probability_of_default": (n > 0).then(|| p / n as f64),
         "default_value": {
             "rewards": rewards,
-            "mean": mean,
-            "ci95": mean.zip(se).map(|(m, se)| [m - 1.96 * se, m + 1.96 * se]),
+            "mean": mean.map(|m| m.value),
+            "ci95": mean.and_then(|m| m.ci95),
         },
     })
 }
